@@ -1,0 +1,1 @@
+"""Gate policies and agents that act on the SkipNet environment (filled in by later issues)."""

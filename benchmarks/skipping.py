@@ -1,0 +1,162 @@
+"""Does skipping blocks save wall-clock time? Masked formulation vs real per-image skipping.
+
+For each depth, random execute/skip decisions are drawn at the rate that gives an expected
+executed-FLOPs fraction of about 1.0, 0.75, 0.5 and 0.25, and batched inference (eval mode,
+no grad) is timed for
+
+- ``masked``: every block computed, output mixed as ``g * block(x) + (1 - g) * shortcut(x)``
+  (what the authors' code does), and
+- ``skip``: each block run only on the images that execute it.
+
+Times are medians over repeats, each as a ratio to the full network measured in the same run
+(the runs are interleaved, so slow drift of the machine affects all modes alike).
+
+    python benchmarks/skipping.py                       # ResNet-38 and -110, batch 256
+    python benchmarks/skipping.py --json results/skipping.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from skipenv.devices import resolve_device
+from skipenv.flops import FlopsTable
+from skipenv.resnet import build_resnet
+
+
+def rate_for_fraction(table: FlopsTable, fraction: float) -> float:
+    """Execute probability per decided block giving an expected FLOPs fraction ``fraction``."""
+    fixed = table.stem + table.head + table.block_execute[0] + sum(table.block_skip[1:])
+    span = sum(table.block_execute[1:]) - sum(table.block_skip[1:])
+    return min(1.0, max(0.0, (fraction * table.full - fixed) / span))
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds one call of ``fn`` takes (synchronising CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def bench_depth(
+    depth: int,
+    fractions: list[float],
+    batch_size: int,
+    repeats: int,
+    device: torch.device,
+    channels_last: bool,
+    seed: int,
+) -> list[dict]:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_resnet(depth).to(device, memory_format=fmt).eval()
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device, memory_format=fmt)
+    table = model.flops_table()
+    cases: dict[tuple[str, float], Callable[[], object]] = {("full", 1.0): lambda: model(x)}
+    measured: dict[float, float] = {}
+    for fraction in fractions:
+        rate = rate_for_fraction(table, fraction)
+        execute = torch.rand(batch_size, model.num_decisions, generator=gen) < rate  # B x K
+        executed = torch.cat([torch.ones(batch_size, 1, dtype=torch.bool), execute], dim=1)
+        measured[fraction] = float(table.fraction(executed).mean())
+        execute = execute.to(device)
+        gates = execute.float()  # B x K
+        cases[("masked", fraction)] = lambda g=gates: model.forward_masked(x, g)
+        cases[("skip", fraction)] = lambda e=execute: model.forward_skip(x, e)
+    times: dict[tuple[str, float], list[float]] = {key: [] for key in cases}
+    with torch.inference_mode():
+        for fn in cases.values():  # warm-up
+            fn()
+        for _ in range(repeats):
+            for key, fn in cases.items():
+                times[key].append(timed(fn, device))
+    full = statistics.median(times[("full", 1.0)])
+    rows = []
+    for (mode, fraction), ts in times.items():
+        if mode == "full":
+            continue
+        rows.append(
+            {
+                "depth": depth,
+                "mode": mode,
+                "target_fraction": fraction,
+                "flops_fraction": round(measured[fraction], 4),
+                "time_ratio": round(statistics.median(ts) / full, 4),
+                "median_s": round(statistics.median(ts), 5),
+                "full_median_s": round(full, 5),
+                "batch_size": batch_size,
+                "repeats": repeats,
+                "device": str(device),
+            }
+        )
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    header = f"{'depth':>5} {'mode':>6} {'flops':>6} {'time':>6} {'time-flops':>10} {'ms':>8}"
+    print(header)
+    print("-" * len(header))
+    for r in sorted(rows, key=lambda r: (r["depth"], r["mode"], -r["flops_fraction"])):
+        gap = r["time_ratio"] - r["flops_fraction"]
+        print(
+            f"{r['depth']:>5} {r['mode']:>6} {r['flops_fraction']:>6.3f} {r['time_ratio']:>6.3f} "
+            f"{gap:>+10.3f} {1000 * r['median_s']:>8.1f}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depths", type=int, nargs="+", default=[38, 110])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per case")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--no-channels-last", action="store_true", help="use NCHW instead of channels_last"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    print(
+        f"device {device}, batch {args.batch_size}, median of {args.repeats}, "
+        f"threads {torch.get_num_threads()}, channels_last {not args.no_channels_last}"
+    )
+    rows: list[dict] = []
+    for depth in args.depths:
+        rows += bench_depth(
+            depth,
+            args.fractions,
+            args.batch_size,
+            args.repeats,
+            device,
+            not args.no_channels_last,
+            args.seed,
+        )
+    print_table(rows)
+    skip_ok = all(
+        r["time_ratio"] <= r["flops_fraction"] + 0.10 for r in rows if r["mode"] == "skip"
+    )
+    mask_ok = all(r["time_ratio"] >= 1.0 for r in rows if r["mode"] == "masked")
+    print(f"\nskip: time_ratio <= flops_fraction + 0.10 everywhere: {skip_ok}")
+    print(f"masked: time_ratio >= 1.0 everywhere: {mask_ok}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""The gate interface: what decides, from a block's output, whether the next block runs.
+
+A gate is called after every block but the last. It sees the activation ``h`` just produced
+by block ``i`` (B x C x H x W) and returns p(execute block i + 1) for each image, plus an
+optional recurrent state it carries to its next call. The same object serves three places:
+
+- the network's batched forward (:meth:`skipenv.resnet.SkipResNet.forward_gated`),
+- one block at a time (:meth:`~skipenv.resnet.SkipResNet.start` / ``advance``), which is how
+  an environment or an agent drives the network, one decision per step,
+- a checkpoint (it is an ``nn.Module``).
+
+:func:`decide` turns probabilities into the gate values the network mixes with, in one of
+four modes: ``greedy`` (evaluation), ``sample`` (Bernoulli, for REINFORCE), ``hard``
+(straight-through: forward 0/1 at p > 0.5, backward through p) and ``soft`` (scale by p).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+GateMode = Literal["greedy", "sample", "hard", "soft"]
+GATE_MODES: tuple[str, ...] = ("greedy", "sample", "hard", "soft")
+
+
+class Gate(nn.Module):
+    """Base class of gates. Subclasses implement :meth:`forward` and :meth:`macs`."""
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Any:
+        """The recurrent state before the first call (None for feedforward gates)."""
+        return None
+
+    def forward(self, h: torch.Tensor, block: int, state: Any) -> tuple[torch.Tensor, Any]:
+        """Probability of executing block ``block + 1``.
+
+        Args:
+            h: the output of block ``block``: B x C x H x W.
+            block: index of the block that produced ``h`` (0 .. num_blocks - 2).
+            state: what the previous call returned (``initial_state`` at block 0).
+
+        Returns:
+            p(execute): B float in [0, 1], and the new state.
+        """
+        raise NotImplementedError
+
+    def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
+        """MACs per image of one call after block ``block`` on a C x H x W activation."""
+        raise NotImplementedError
+
+
+def decide(
+    probs: torch.Tensor, mode: str, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn p(execute) into gate values and hard decisions.
+
+    Args:
+        probs: B, p(execute) per image.
+        mode: one of ``GATE_MODES``.
+        generator: randomness for ``sample``.
+
+    Returns:
+        ``gate``: B float, what multiplies the block output in the masked formulation
+        (0/1 in every mode but ``soft``; in ``hard`` its gradient is that of p), and
+        ``execute``: B bool, the decision (for ``soft``, p > 0.5, used for accounting only).
+    """
+    if mode == "sample":
+        execute = torch.bernoulli(probs.detach(), generator=generator).bool()  # B
+        return execute.to(probs.dtype), execute
+    execute = probs.detach() > 0.5  # B
+    if mode == "greedy":
+        return execute.to(probs.dtype), execute
+    if mode == "hard":
+        hard = execute.to(probs.dtype)
+        return hard + probs - probs.detach(), execute  # forward 0/1, backward d/dp
+    if mode == "soft":
+        return probs, execute
+    raise ValueError(f"unknown gate mode {mode!r}; choose one of {GATE_MODES}")
+
+
+def log_prob(probs: torch.Tensor, execute: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Log-probability of the decisions ``execute`` under Bernoulli(``probs``), same shape."""
+    probs = probs.clamp(eps, 1.0 - eps)
+    return torch.where(execute, probs.log(), (1.0 - probs).log())
+
+
+class FixedGate(Gate):
+    """Replays given decisions (B x num_decisions bool); costs nothing. For tests and baselines."""
+
+    def __init__(self, decisions: torch.Tensor) -> None:
+        super().__init__()
+        if decisions.ndim != 2:
+            raise ValueError(f"decisions must be B x K, got shape {tuple(decisions.shape)}")
+        self.register_buffer("decisions", decisions.bool(), persistent=False)
+
+    def forward(self, h: torch.Tensor, block: int, state: Any) -> tuple[torch.Tensor, Any]:
+        if h.shape[0] != self.decisions.shape[0]:
+            raise ValueError(
+                f"FixedGate holds decisions for {self.decisions.shape[0]} images, got a batch of "
+                f"{h.shape[0]}"
+            )
+        return self.decisions[:, block].to(h.dtype), state  # B
+
+    def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
+        return 0

@@ -1,0 +1,63 @@
+"""Gate decision modes and the gated forward's rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skipenv.gating import FixedGate, decide, log_prob
+from skipenv.resnet import SkipResNet
+
+
+def test_greedy_thresholds_at_half() -> None:
+    p = torch.tensor([0.1, 0.5, 0.51, 0.9])
+    g, execute = decide(p, "greedy")
+    assert execute.tolist() == [False, False, True, True]
+    assert g.tolist() == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_hard_is_straight_through() -> None:
+    p = torch.tensor([0.2, 0.7], requires_grad=True)
+    g, execute = decide(p, "hard")
+    assert g.tolist() == [0.0, 1.0] and execute.tolist() == [False, True]
+    (g * torch.tensor([3.0, 5.0])).sum().backward()
+    assert p.grad.tolist() == [3.0, 5.0]
+
+
+def test_soft_scales_by_p() -> None:
+    p = torch.tensor([0.2, 0.7])
+    g, _ = decide(p, "soft")
+    assert torch.equal(g, p)
+
+
+def test_sample_follows_bernoulli_and_seed() -> None:
+    p = torch.full((20000,), 0.3)
+    g1, e1 = decide(p, "sample", torch.Generator().manual_seed(0))
+    _, e2 = decide(p, "sample", torch.Generator().manual_seed(0))
+    assert torch.equal(e1, e2) and torch.equal(g1, e1.float())
+    assert abs(e1.float().mean().item() - 0.3) < 0.02
+
+
+def test_log_prob() -> None:
+    p = torch.tensor([0.25, 0.25])
+    lp = log_prob(p, torch.tensor([True, False]))
+    torch.testing.assert_close(lp, torch.log(torch.tensor([0.25, 0.75])))
+
+
+def test_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="unknown gate mode 'argmax'"):
+        decide(torch.tensor([0.5]), "argmax")
+
+
+def test_forward_gated_rules(tiny_model: SkipResNet) -> None:
+    x = torch.randn(3, 3, 32, 32)
+    gate = FixedGate(torch.ones(3, tiny_model.num_decisions, dtype=torch.bool))
+    with pytest.raises(ValueError, match="routing='masked'"):
+        tiny_model.forward_gated(x, gate, mode="hard", routing="skip")
+    with pytest.raises(ValueError, match="routing must be"):
+        tiny_model.forward_gated(x, gate, routing="sparse")
+    out = tiny_model.eval().forward_gated(x, gate, mode="hard", routing="masked")
+    torch.testing.assert_close(out.logits, tiny_model(x))
+    assert out.probs.shape == out.gates.shape == (3, tiny_model.num_decisions)
+    assert out.executed.all()
+    assert torch.equal(out.macs, torch.full((3,), tiny_model.flops_table().full))

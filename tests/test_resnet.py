@@ -1,0 +1,151 @@
+"""The CIFAR ResNet family: shapes, parameter counts, and real skipping against masking."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from skipenv.gating import FixedGate
+from skipenv.resnet import DEPTHS, SkipResNet, build_resnet
+
+# He et al. 2016, Table 6 (CIFAR-10), in millions of parameters. Their counts use identity
+# shortcuts with zero padding; our 1x1 projections add about 3k parameters.
+PAPER_PARAMS = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize(("depth", "millions"), sorted(PAPER_PARAMS.items()))
+def test_parameter_counts_match_he_et_al(depth: int, millions: float) -> None:
+    assert n_params(build_resnet(depth)) == pytest.approx(millions * 1e6, rel=0.03)
+
+
+@pytest.mark.parametrize("depth", sorted(DEPTHS))
+def test_structure_of_every_depth(depth: int) -> None:
+    model = build_resnet(depth)
+    n = (depth - 2) // 6
+    assert model.depth == depth
+    assert model.num_blocks == 3 * n
+    assert model.num_decisions == 3 * n - 1
+    assert model.block_channels == (16,) * n + (32,) * n + (64,) * n
+    projecting = [i for i, b in enumerate(model.blocks) if b.projects]
+    assert projecting == [n, 2 * n]  # first block of stages 2 and 3
+
+
+def test_unknown_depth_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unsupported depth 37.*38"):
+        build_resnet(37)
+
+
+def test_forward_shape_and_bad_inputs(tiny_model: SkipResNet) -> None:
+    x = torch.randn(5, 3, 32, 32)
+    assert tiny_model(x).shape == (5, 10)
+    with pytest.raises(ValueError, match="expected images"):
+        tiny_model(torch.randn(5, 1, 32, 32))
+    with pytest.raises(TypeError, match="normalize"):
+        tiny_model(torch.zeros(5, 3, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"execute must be B x K = 5 x 5"):
+        tiny_model.forward_skip(x, torch.ones(5, 6, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_real_skipping_equals_masked_formulation(channels_last: bool) -> None:
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = build_resnet(14, widths=(4, 8, 16)).to(memory_format=fmt)
+    model.train()  # populate non-trivial batch-norm statistics
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32))
+    model.eval()
+    x = torch.randn(12, 3, 32, 32).to(memory_format=fmt)
+    execute = torch.rand(12, model.num_decisions) > 0.5  # B x K
+    execute[0] = True  # one image runs everything,
+    execute[1] = False  # one skips everything,
+    execute[1:, model.blocks_per_stage - 1] = False  # and all others skip a projecting block
+    with torch.no_grad():
+        masked = model.forward_masked(x, execute.float())
+        skipped = model.forward_skip(x, execute)
+        full = model(x)
+    torch.testing.assert_close(skipped, masked, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(skipped[2:], full[2:], atol=1e-4)  # skipping changed something
+    torch.testing.assert_close(skipped[0], full[0], rtol=1e-5, atol=1e-5)
+
+
+def test_skipped_block_is_never_computed(tiny_model: SkipResNet) -> None:
+    seen: dict[int, int] = {}
+    for i, block in enumerate(tiny_model.blocks):
+        block.conv1.register_forward_hook(
+            lambda mod, inp, out, i=i: seen.__setitem__(i, seen.get(i, 0) + inp[0].shape[0])
+        )
+    execute = torch.tensor([[True, False, True, False, False], [False] * 5, [True] * 5])
+    with torch.no_grad():
+        tiny_model.eval().forward_skip(torch.randn(3, 3, 32, 32), execute)
+    runs = execute.sum(0).tolist()  # images executing each block 1..5
+    assert seen == {0: 3} | {k + 1: r for k, r in enumerate(runs) if r > 0}
+
+
+def test_skipping_with_autograd_matches_masked_gradients(tiny_model: SkipResNet) -> None:
+    tiny_model.eval()
+    x = torch.randn(6, 3, 32, 32)
+    execute = torch.rand(6, tiny_model.num_decisions, generator=torch.Generator().manual_seed(1))
+    execute = execute > 0.5
+    grads = []
+    for fn in (
+        lambda: tiny_model.forward_skip(x, execute),
+        lambda: tiny_model.forward_masked(x, execute.float()),
+    ):
+        tiny_model.zero_grad()
+        fn().logsumexp(dim=1).sum().backward()
+        grads.append(
+            [
+                p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                for p in tiny_model.parameters()
+            ]
+        )
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_step_by_step_equals_batched_gated_forward(tiny_model: SkipResNet) -> None:
+    tiny_model.eval()
+    x = torch.randn(7, 3, 32, 32)
+    execute = torch.rand(7, tiny_model.num_decisions) > 0.4
+    with torch.no_grad():
+        out = tiny_model.forward_gated(x, FixedGate(execute))
+        route = tiny_model.start(x)
+        while not route.done:
+            tiny_model.advance(route, execute[:, route.next_block - 1])
+        logits = tiny_model.finish(route)
+    torch.testing.assert_close(logits, out.logits)
+    torch.testing.assert_close(out.logits, tiny_model.forward_skip(x, execute))
+    assert torch.equal(route.executed, out.executed)
+    assert torch.equal(route.macs, out.macs)
+    assert torch.equal(out.executed[:, 1:], execute) and out.executed[:, 0].all()
+
+
+def test_route_misuse_is_a_clear_error(tiny_model: SkipResNet) -> None:
+    x = torch.randn(2, 3, 32, 32)
+    route = tiny_model.start(x)
+    with pytest.raises(RuntimeError, match="still undecided"):
+        tiny_model.finish(route)
+    with pytest.raises(ValueError, match="one decision per image"):
+        tiny_model.advance(route, torch.ones(3, dtype=torch.bool))
+    for _ in range(tiny_model.num_decisions):
+        tiny_model.advance(route, torch.ones(2, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="call finish"):
+        tiny_model.advance(route, torch.ones(2, dtype=torch.bool))
+    assert tiny_model.finish(route).shape == (2, 10)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
+def test_cuda_skipping_matches_cpu() -> None:
+    model = build_resnet(14, widths=(4, 8, 16)).eval()
+    x = torch.randn(9, 3, 32, 32)
+    execute = torch.rand(9, model.num_decisions) > 0.5
+    with torch.no_grad():
+        cpu = model.forward_skip(x, execute)
+        gpu = model.cuda().forward_skip(x.cuda(), execute.cuda())
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
