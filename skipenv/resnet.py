@@ -135,8 +135,8 @@ class BasicBlock(nn.Module):
         rest = (~execute).nonzero().squeeze(1)  # B - R skipping images
         s = self.shortcut(take_rows(x, rest))  # (B - R) x C' x H' x W'
         fmt = torch.channels_last if _channels_last(y) else torch.contiguous_format
-        shape = (x.shape[0], *y.shape[1:])
-        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)  # B x C' x H' x W'
+        shape = (x.shape[0], *y.shape[1:])  # B x C' x H' x W'
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
         put_rows(out, run, y, inplace=True)
         return put_rows(out, rest, s, inplace=True)
 
