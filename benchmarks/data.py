@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
-from skipenv.devices import resolve_device
+from skipenv.devices import resolve_device, tune_cpu_allocator
 
 
 def sync(device: torch.device) -> None:
@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
     on_gpu = device.type == "cuda"
     train_steps = args.train_steps or (20 if on_gpu else 3)
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 2)

@@ -8,8 +8,12 @@ no grad) is timed for
   (what the authors' code does), and
 - ``skip``: each block run only on the images that execute it.
 
-Times are medians over repeats, each as a ratio to the full network measured in the same run
-(the runs are interleaved, so slow drift of the machine affects all modes alike).
+Every round runs each case once, in a shuffled order; a case's time ratio is the median over
+rounds of its time over the full network's time in the same round, so slow drift of the
+machine affects all modes alike. Each timed call follows an untimed call of the same case:
+without it, a case timed right after one with other tensor sizes paid for the memory
+allocator's adjustments (seen as the full network running 8% slower than the identical
+all-execute skip path).
 
     python benchmarks/skipping.py                       # ResNet-38 and -110, batch 256
     python benchmarks/skipping.py --json results/skipping.json
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from skipenv.devices import resolve_device
+from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.flops import FlopsTable
 from skipenv.resnet import build_resnet
 
@@ -75,13 +80,18 @@ def bench_depth(
         cases[("masked", fraction)] = lambda g=gates: model.forward_masked(x, g)
         cases[("skip", fraction)] = lambda e=execute: model.forward_skip(x, e)
     times: dict[tuple[str, float], list[float]] = {key: [] for key in cases}
+    order = list(cases)
+    shuffler = random.Random(seed)
     with torch.inference_mode():
         for fn in cases.values():  # warm-up
             fn()
         for _ in range(repeats):
-            for key, fn in cases.items():
-                times[key].append(timed(fn, device))
-    full = statistics.median(times[("full", 1.0)])
+            shuffler.shuffle(order)  # no case always runs first
+            for key in order:
+                cases[key]()  # untimed: the allocator and caches settle into this case's sizes
+                times[key].append(timed(cases[key], device))
+    full_times = times[("full", 1.0)]
+    full = statistics.median(full_times)
     rows = []
     for (mode, fraction), ts in times.items():
         if mode == "full":
@@ -92,7 +102,10 @@ def bench_depth(
                 "mode": mode,
                 "target_fraction": fraction,
                 "flops_fraction": round(measured[fraction], 4),
-                "time_ratio": round(statistics.median(ts) / full, 4),
+                # median over rounds of the ratio to the full network in the same round
+                "time_ratio": round(
+                    statistics.median(t / f for t, f in zip(ts, full_times, strict=True)), 4
+                ),
                 "median_s": round(statistics.median(ts), 5),
                 "full_median_s": round(full, 5),
                 "batch_size": batch_size,
@@ -120,19 +133,31 @@ def main() -> None:
     parser.add_argument("--depths", type=int, nargs="+", default=[38, 110])
     parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=7, help="timed repeats per case")
+    parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
         "--no-channels-last", action="store_true", help="use NCHW instead of channels_last"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's default allocator settings (see skipenv.devices.tune_cpu_allocator)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    tuned = device.type == "cpu" and not args.default_malloc and tune_cpu_allocator()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     print(
         f"device {device}, batch {args.batch_size}, median of {args.repeats}, "
-        f"threads {torch.get_num_threads()}, channels_last {not args.no_channels_last}"
+        f"threads {torch.get_num_threads()}, channels_last {not args.no_channels_last}, "
+        f"tuned allocator {tuned}"
     )
     rows: list[dict] = []
     for depth in args.depths:

@@ -89,6 +89,7 @@ Split = Literal["train", "val", "train-full", "test"]
 Source = Literal["auto", "batches", "folder"]
 
 ENV_DATA_ROOT = "SKIPNET_DATA"
+ENV_CACHE_DIR = "SKIPNET_CACHE"
 APP_NAME = "skipnet-gym"
 BATCHES_DIR = "cifar-10-batches-py"
 ARCHIVE_DIR = "cifar10-jpeg"
@@ -180,7 +181,10 @@ def resolve_data_root(root: str | os.PathLike[str] | None = None) -> Path:
 
 
 def default_cache_dir() -> Path:
-    """Where decoded tensors are cached: ``platformdirs.user_cache_dir("skipnet-gym")/tensors``."""
+    """Where decoded tensors are cached: ``$SKIPNET_CACHE`` if set, else
+    ``platformdirs.user_cache_dir("skipnet-gym")/tensors``."""
+    if os.environ.get(ENV_CACHE_DIR):
+        return Path(os.environ[ENV_CACHE_DIR]).expanduser()
     return Path(platformdirs.user_cache_dir(APP_NAME)) / "tensors"
 
 

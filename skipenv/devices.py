@@ -1,6 +1,8 @@
-"""Choosing the torch device: ``auto`` means CUDA when present, else the CPU."""
+"""Where computation runs: choosing the torch device, and tuning the CPU memory allocator."""
 
 from __future__ import annotations
+
+import ctypes
 
 import torch
 
@@ -25,3 +27,27 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(
             f"unknown device {device!r}; use one of {DEVICE_CHOICES} (or e.g. 'cuda:1')"
         ) from err
+
+
+def tune_cpu_allocator(pad_bytes: int = 256 * 2**20) -> bool:
+    """Stop glibc from handing freed memory back to the OS after every forward pass.
+
+    A CIFAR ResNet at batch 256 allocates and frees activations of up to 17 MB per layer.
+    glibc's defaults give such blocks back to the kernel (mmap / heap trimming) and fault them
+    in again on the next call; on this project's 2-core machine that cost about a quarter of a
+    ResNet-38 forward (median 330-410 ms -> 250 ms). This keeps them: freed memory stays in the
+    process (it is reused, so peak memory is unchanged), blocks up to 32 MB come from the heap.
+
+    Call it once, early, in CPU-bound programs (benchmarks, training). Returns whether the
+    settings were applied (False off glibc, e.g. on macOS or musl); it never raises.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3  # from glibc's malloc.h
+        return bool(
+            libc.mallopt(m_trim_threshold, 2**30)
+            and libc.mallopt(m_top_pad, pad_bytes)
+            and libc.mallopt(m_mmap_threshold, 32 * 2**20)
+        )
+    except (OSError, AttributeError):
+        return False

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import write_folder, write_image
 
 import skipenv.data as data_mod
 from skipenv.augment import BatchLoader, augment, normalize
@@ -35,32 +36,11 @@ from skipenv.data import (
     val_indices,
 )
 
-PER_CLASS = 20  # synthetic training images per class
 TEST_PER_CLASS = 3
+REAL_DEFAULT_CACHE_DIR = data_mod.default_cache_dir  # before the autouse fixture patches it
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-def write_image(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def write_folder(
-    split_dir: Path, per_class: int = PER_CLASS, seed: int = 0, ext: str = ".png"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Write ``split_dir/<class>/NNNN<ext>`` random 32x32 RGB images; return the expected
-    ``N x 3 x 32 x 32`` uint8 images and ``N`` labels in load order (class, then name)."""
-    rng = np.random.default_rng(seed)
-    images, labels = [], []
-    for label, cls in enumerate(CIFAR10_CLASSES):
-        for i in range(per_class):
-            array = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)  # H x W x 3
-            write_image(split_dir / cls / f"{i:04d}{ext}", array)
-            images.append(array.transpose(2, 0, 1))
-            labels.append(label)
-    return np.stack(images), np.array(labels, dtype=np.int64)
 
 
 def write_batches(root: Path, per_batch: int = 30, test_n: int = 20, seed: int = 0) -> dict:
@@ -132,6 +112,16 @@ def test_resolve_data_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert resolve_data_root(None) == tmp_path / "env"
     assert resolve_data_root(tmp_path / "arg") == tmp_path / "arg"  # argument wins
     assert resolve_data_root("~/d") == Path.home() / "d"
+
+
+def test_cache_dir_env_var(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import platformdirs
+
+    monkeypatch.delenv("SKIPNET_CACHE", raising=False)
+    expected = Path(platformdirs.user_cache_dir("skipnet-gym")) / "tensors"
+    assert REAL_DEFAULT_CACHE_DIR() == expected
+    monkeypatch.setenv("SKIPNET_CACHE", str(tmp_path / "c"))
+    assert REAL_DEFAULT_CACHE_DIR() == tmp_path / "c"
 
 
 def test_env_var_root_is_used(monkeypatch, folder_root, cache) -> None:
