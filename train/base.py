@@ -1,0 +1,232 @@
+"""Train a plain CIFAR ResNet (every block runs): SkipNet's baseline and its initialisation.
+
+    python train/base.py --depth 38 --out runs/base38            # train on 45k, evaluate on val
+    python train/base.py --depth 38 --out runs/base38 --resume   # continue a killed run
+
+Recipe. The authors train their CIFAR networks with SGD (momentum 0.9, weight decay 1e-4,
+lr 0.1 divided by 10 at fixed points, batch 128, 64k iterations = 182 epochs). That is days
+of CPU here, so the default is a CPU-budget recipe: 30 epochs of a one-cycle schedule
+(peak lr 0.1, Nesterov momentum 0.9, weight decay 5e-4), batch 128, random crop with
+4-pixel padding and horizontal flip, channels_last. Every field below can be changed.
+
+Files in ``--out``: ``last.pt`` (written every ``checkpoint_minutes`` and at each epoch's
+end, atomically), ``final.pt`` (the finished model), ``metrics.jsonl`` (one line per
+evaluation). A run killed at any moment resumes from ``last.pt`` with ``--resume`` and
+continues with the same batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import tyro
+from tqdm.auto import tqdm
+
+from skipenv.augment import BatchLoader
+from skipenv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from skipenv.data import load_cifar10
+from skipenv.devices import resolve_device, tune_cpu_allocator
+from skipenv.resnet import build_resnet
+
+
+@dataclass
+class Args:
+    out: Path = Path("runs/base")
+    """folder for checkpoints (last.pt, final.pt) and metrics.jsonl"""
+    depth: int = 38
+    """CIFAR ResNet depth, 6n + 2 (20, 32, 38, 44, 56, 74, 110, 152; 8 and 14 for tests)"""
+    epochs: int = 30
+    """passes over the training split (the authors' GPU recipe is about 182)"""
+    batch_size: int = 128
+    """images per SGD step"""
+    lr: float = 0.1
+    """peak learning rate of the one-cycle schedule"""
+    warmup_fraction: float = 0.15
+    """fraction of the steps spent raising the learning rate to its peak"""
+    momentum: float = 0.9
+    """SGD momentum (Nesterov)"""
+    weight_decay: float = 5e-4
+    """L2 weight decay (the authors use 1e-4 with their 6x longer schedule)"""
+    train_split: str = "train"
+    """split to train on: train (45,000) or train-full (50,000)"""
+    eval_split: str = "val"
+    """split evaluated after each epoch (val: the fixed 5,000 held out of train)"""
+    data_dir: str | None = None
+    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda"""
+    seed: int = 0
+    """seeds the weights, the batch order and the augmentation"""
+    channels_last: bool = True
+    """NHWC memory format (about 2.7x faster convs on this project's CPUs)"""
+    checkpoint_minutes: float = 5.0
+    """minutes between checkpoints within an epoch (one is also written at each epoch's end)"""
+    resume: bool = False
+    """continue from OUT/last.pt instead of starting afresh"""
+    max_steps: int | None = None
+    """stop after this many steps in all (smoke tests); the schedule still spans all epochs"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
+    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
+    model.eval()
+    correct, loss, n = 0, 0.0, 0
+    with torch.inference_mode():
+        for x, y in loader:
+            logits = model(x)  # B x 10
+            loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+            n += y.numel()
+    model.train()
+    return {"accuracy": correct / n, "loss": loss / n}
+
+
+def main(args: Args) -> dict[str, float]:
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(args.seed)
+
+    # data
+    train = load_cifar10(args.train_split, args.data_dir)
+    held = load_cifar10(args.eval_split, args.data_dir)
+    train_loader = BatchLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        device=device,
+        seed=args.seed,
+        channels_last=args.channels_last,
+    )
+    eval_loader = BatchLoader(held, batch_size=500, device=device, channels_last=args.channels_last)
+
+    # model, optimiser, schedule
+    model = build_resnet(args.depth).to(device, memory_format=fmt)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=True,
+        weight_decay=args.weight_decay,
+    )
+    steps_per_epoch = len(train_loader)
+    total_steps = args.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=args.warmup_fraction
+    )
+    arch = {
+        "name": "cifar_resnet",
+        "depth": args.depth,
+        "num_classes": 10,
+        "widths": list(model.widths),
+    }
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()}
+
+    # resume
+    step, wall_before = 0, 0.0  # steps and training seconds of earlier runs of this job
+    metrics_path, last_path = args.out / "metrics.jsonl", args.out / "last.pt"
+    if args.resume:
+        ckpt = load_checkpoint(last_path, kinds=("base",), map_location=device)
+        if ckpt["arch"] != arch:
+            raise CheckpointError(f"{last_path} holds {ckpt['arch']}, but this run is {arch}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        step, wall_before = ckpt["step"], ckpt["wall_s"]
+        _truncate_metrics(metrics_path, step)  # drop evaluations the checkpoint never saw
+    elif last_path.exists():
+        raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or a new --out")
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint(path: Path, metrics: dict | None = None) -> None:
+        save_checkpoint(
+            path,
+            {
+                "kind": "base",
+                "config": config,
+                "arch": arch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state()},
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "metrics": metrics or {},
+                "wall_s": wall_before + time.monotonic() - started,
+            },
+        )
+
+    # train
+    model.train()
+    last_save, started, metrics = time.monotonic(), time.monotonic(), {}
+    end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+    bar = tqdm(total=end, initial=step, disable=not args.progress, unit="step", dynamic_ncols=True)
+    while step < end:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_loader.set_epoch(epoch)
+        batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
+        correct = seen = 0
+        for x, y in batches:
+            logits = model(x)  # B x 10
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += y.numel()
+            bar.update()
+            bar.set_postfix(
+                epoch=epoch,
+                loss=f"{loss.item():.3f}",
+                acc=f"{correct / seen:.3f}",
+                lr=f"{scheduler.get_last_lr()[0]:.4f}",
+            )
+            if step >= end:
+                break
+            if time.monotonic() - last_save > 60 * args.checkpoint_minutes:
+                checkpoint(last_path)
+                last_save = time.monotonic()
+        if step % steps_per_epoch == 0 or step == end:
+            metrics = {
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                **{f"{args.eval_split}_{k}": v for k, v in evaluate(model, eval_loader).items()},
+                "train_accuracy": correct / max(seen, 1),
+                "wall_s": wall_before + time.monotonic() - started,
+            }
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            bar.write(json.dumps(metrics))
+            checkpoint(last_path, metrics)
+            last_save = time.monotonic()
+    bar.close()
+    if step == total_steps:
+        checkpoint(args.out / "final.pt", metrics)
+    return metrics
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Keep only the evaluations made at or before ``step``."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
