@@ -315,7 +315,11 @@ class SkipResNet(nn.Module):
         return self.head(h)
 
     def forward_skip(self, x: torch.Tensor, execute: torch.Tensor) -> torch.Tensor:
-        """Real skipping for decisions ``execute`` (B x K bool): skipped blocks never run."""
+        """Real skipping for decisions ``execute`` (B x K bool): skipped blocks never run.
+
+        In train mode, each block's batch norm normalises over the images that run it, not
+        over the whole batch as in the masked formulation; in eval mode the two agree.
+        """
         self._check_input(x)
         self._check_decisions(execute, x, "execute")
         execute = execute.bool()
