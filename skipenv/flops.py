@@ -80,12 +80,6 @@ class FlopsTable:
         """MACs of the gate call that makes decision ``decision`` (0 without a gate)."""
         return self.gate[decision] if self.gate else 0
 
-    def with_gate(self, gate: tuple[int, ...]) -> FlopsTable:
-        """The same table with ``gate[k]`` MACs for the gate call of decision k."""
-        if any(m < 0 for m in gate):
-            raise ValueError(f"gate MACs must be >= 0, got {gate}")
-        return FlopsTable(self.stem, self.block_execute, self.block_skip, self.head, tuple(gate))
-
     def block_costs(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
         """(execute, skip) MACs per block as int64 tensors: num_blocks each."""
         execute = torch.tensor(self.block_execute, dtype=torch.int64, device=device)
