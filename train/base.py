@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from skipenv.augment import BatchLoader
 from skipenv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skipenv.data import load_cifar10
-from skipenv.devices import resolve_device, tune_cpu_allocator
+from skipenv.devices import autocast, resolve_device, tune_cpu_allocator
 from skipenv.resnet import build_resnet
 
 
@@ -66,6 +66,8 @@ class Args:
     """seeds the weights, the batch order and the augmentation"""
     channels_last: bool = True
     """NHWC memory format (about 2.7x faster convs on this project's CPUs)"""
+    amp: str = "none"
+    """mixed precision: none, bf16 (about 1.5x faster steps on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
     checkpoint_minutes: float = 5.0
     """minutes between checkpoints within an epoch (one is also written at each epoch's end)"""
     resume: bool = False
@@ -92,6 +94,7 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
 
 def main(args: Args) -> dict[str, float]:
     device = resolve_device(args.device)
+    autocast(device, args.amp)  # reject a bad --amp before any work
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -180,8 +183,9 @@ def main(args: Args) -> dict[str, float]:
         batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
         correct = seen = 0
         for x, y in batches:
-            logits = model(x)  # B x 10
-            loss = F.cross_entropy(logits, y)
+            with autocast(device, args.amp):
+                logits = model(x)  # B x 10
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
