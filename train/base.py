@@ -30,7 +30,12 @@ import tyro
 from tqdm.auto import tqdm
 
 from skipenv.augment import BatchLoader
-from skipenv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from skipenv.checkpoint import (
+    CheckpointError,
+    checkpoint_arch,
+    load_checkpoint,
+    save_checkpoint,
+)
 from skipenv.data import load_cifar10
 from skipenv.devices import autocast, resolve_device, tune_cpu_allocator
 from skipenv.resnet import build_resnet
@@ -131,6 +136,7 @@ def main(args: Args) -> dict[str, float]:
     )
     arch = {
         "name": "cifar_resnet",
+        "dataset": "cifar10",
         "depth": args.depth,
         "num_classes": 10,
         "widths": list(model.widths),
@@ -142,7 +148,7 @@ def main(args: Args) -> dict[str, float]:
     metrics_path, last_path = args.out / "metrics.jsonl", args.out / "last.pt"
     if args.resume:
         ckpt = load_checkpoint(last_path, kinds=("base",), map_location=device)
-        if ckpt["arch"] != arch:
+        if checkpoint_arch(ckpt) != arch:
             raise CheckpointError(f"{last_path} holds {ckpt['arch']}, but this run is {arch}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
