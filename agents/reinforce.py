@@ -1,0 +1,70 @@
+"""REINFORCE for skip decisions, with the paper's rewards (SkipNet's hybrid RL stage).
+
+Per image, decision k (k = 0 .. K-1) earns ``alpha / K`` if it skips its block and 0 if it
+executes it; the last decision also earns minus the cross-entropy of the final prediction.
+Returns-to-go with discount ``gamma`` (1 in the authors' code) weight the log-probabilities
+of the sampled decisions. These are the same rewards as the environment's ``reward="paper"``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from skipenv.gating import log_prob
+
+BASELINES = ("none", "mean")
+
+
+def skip_rewards(
+    execute: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """Rewards of each decision: B x K float.
+
+    Args:
+        execute: B x K bool, the sampled decisions.
+        logits: B x num_classes, the final prediction (not differentiated).
+        labels: B int64.
+        alpha: the compute reward; ``alpha / K`` per skipped block.
+    """
+    if execute.ndim != 2 or execute.shape[1] == 0:
+        raise ValueError(f"execute must be B x K with K >= 1, got shape {tuple(execute.shape)}")
+    k = execute.shape[1]
+    rewards = (~execute.bool()).float() * (alpha / k)  # B x K
+    final = -F.cross_entropy(logits.detach().float(), labels, reduction="none")  # B
+    rewards[:, -1] += final
+    return rewards
+
+
+def returns_to_go(rewards: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """``G_k = sum_{j >= k} gamma^(j - k) r_j``: B x K."""
+    out = torch.empty_like(rewards)  # B x K
+    running = torch.zeros_like(rewards[:, 0])  # B
+    for k in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, k] + gamma * running
+        out[:, k] = running
+    return out
+
+
+def reinforce_loss(
+    probs: torch.Tensor,
+    execute: torch.Tensor,
+    returns: torch.Tensor,
+    baseline: str = "mean",
+) -> torch.Tensor:
+    """Policy-gradient loss ``-mean_b sum_k log pi(a_bk) (G_bk - b_k)``: a scalar.
+
+    Args:
+        probs: B x K p(execute), differentiable w.r.t. the gate.
+        execute: B x K bool, the sampled decisions.
+        returns: B x K returns-to-go (no gradient).
+        baseline: ``none`` (the authors' plain REINFORCE) or ``mean`` (subtract the batch mean
+            of each decision's return: lower variance, same expected direction).
+    """
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
+    advantage = returns.detach()  # B x K
+    if baseline == "mean":
+        advantage = advantage - advantage.mean(dim=0, keepdim=True)
+    logp = log_prob(probs, execute.bool())  # B x K
+    return -(logp * advantage).sum(dim=1).mean()

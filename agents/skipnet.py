@@ -1,0 +1,98 @@
+"""SkipNet = a CIFAR ResNet backbone + a gate, as one module that trains, evaluates and saves.
+
+The backbone (:class:`skipenv.resnet.SkipResNet`) does the routing; the gate
+(:mod:`agents.gates`) decides. Checkpoints of kind ``sp`` / ``hrl`` keep the backbone's state
+in ``model`` (so any backbone loader, e.g. the environment's, reads them) and the gate's in
+``gate``; ``arch["gate"]`` is the gate's spec.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from agents.gates import build_gate
+from skipenv.checkpoint import (
+    CheckpointError,
+    checkpoint_arch,
+    load_backbone,
+    load_checkpoint,
+)
+from skipenv.gating import Gate
+from skipenv.resnet import GatedOutput, SkipResNet
+
+#: Checkpoint kinds that hold a gate as well as a backbone.
+SKIPNET_KINDS = ("sp", "hrl")
+
+
+class SkipNet(nn.Module):
+    """A backbone whose blocks after the first are each executed or skipped by ``gate``.
+
+    Args:
+        backbone: the residual network.
+        gate: the policy, called once per decision (``backbone.num_decisions`` per image).
+    """
+
+    def __init__(self, backbone: SkipResNet, gate: Gate) -> None:
+        super().__init__()
+        self.backbone, self.gate = backbone, gate
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mode: str = "greedy",
+        routing: str = "skip",
+        generator: torch.Generator | None = None,
+    ) -> GatedOutput:
+        """Gated forward: see :meth:`skipenv.resnet.SkipResNet.forward_gated`."""
+        return self.backbone.forward_gated(x, self.gate, mode, routing, generator)
+
+    def arch(self, dataset: str = "cifar10") -> dict[str, Any]:
+        """What :func:`build_skipnet` needs to rebuild this network."""
+        b = self.backbone
+        return {
+            "name": "cifar_resnet",
+            "dataset": dataset,
+            "depth": b.depth,
+            "num_classes": b.num_classes,
+            "widths": list(b.widths),
+            "gate": self.gate.spec(),
+        }
+
+
+def build_skipnet(arch: dict[str, Any]) -> SkipNet:
+    """An untrained SkipNet of the backbone and gate that ``arch`` describes."""
+    from skipenv.resnet import build_resnet
+
+    backbone = build_resnet(arch["depth"], arch["num_classes"], tuple(arch["widths"]))
+    return SkipNet(backbone, build_gate(arch["gate"], backbone.block_channels))
+
+
+def load_skipnet(
+    source: str | Path | dict[str, Any],
+    *,
+    depth: int | None = None,
+    map_location: str | torch.device = "cpu",
+) -> SkipNet:
+    """A trained SkipNet from an ``sp`` or ``hrl`` checkpoint (a path or a loaded payload)."""
+    name = "the given checkpoint" if isinstance(source, dict) else str(source)
+    payload = (
+        source
+        if isinstance(source, dict)
+        else load_checkpoint(source, SKIPNET_KINDS, map_location=map_location)
+    )
+    if payload.get("kind") not in SKIPNET_KINDS or "gate" not in payload:
+        raise CheckpointError(
+            f"{name} holds a {payload.get('kind')!r} checkpoint without a gate; a SkipNet needs "
+            f"one of {SKIPNET_KINDS} (train one with train/supervised.py or train/hybrid.py)"
+        )
+    backbone = load_backbone(payload, depth=depth, map_location=map_location)
+    gate = build_gate(checkpoint_arch(payload)["gate"], backbone.block_channels)
+    try:
+        gate.load_state_dict(payload["gate"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{name}: gate weights do not fit its spec: {err}") from err
+    return SkipNet(backbone, gate.to(map_location))

@@ -1,0 +1,85 @@
+"""Evaluate a plain, SP or HRL checkpoint: accuracy, executed FLOPs, block computation, speed.
+
+    python train/evaluate.py --checkpoint runs/hrl38/final.pt --split val
+    python train/evaluate.py --checkpoint runs/base38/final.pt --split val --json base.json
+
+Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Reported:
+``accuracy`` (top-1), ``flops_fraction`` (MACs run, gates and shortcuts included, over the
+full plain network's), ``block_fraction`` (the paper's computation percentage: executed blocks
+over all blocks), per-block ``skip_rates``, and ``images_per_s`` (forward passes only).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import tyro
+
+from agents.skipnet import SKIPNET_KINDS, load_skipnet
+from skipenv.augment import BatchLoader
+from skipenv.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
+from skipenv.data import load_cifar10
+from skipenv.devices import resolve_device, tune_cpu_allocator
+from skipenv.evaluation import evaluate_gated
+
+
+@dataclass
+class Args:
+    checkpoint: Path
+    """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py"""
+    split: str = "val"
+    """split to evaluate: val (the 5,000 held out of train), test, train or train-full"""
+    data_dir: str | None = None
+    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda"""
+    batch_size: int = 500
+    """images per forward pass"""
+    channels_last: bool = True
+    """NHWC memory format (faster convs on CPUs)"""
+    json: Path | None = None
+    """also write the results to this JSON file"""
+
+
+def main(args: Args) -> dict:
+    device = resolve_device(args.device)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    payload = load_checkpoint(args.checkpoint, kinds=BACKBONE_KINDS, map_location=device)
+    if payload["kind"] in SKIPNET_KINDS:
+        model = load_skipnet(payload, map_location=device)
+        backbone, gate = model.backbone, model.gate
+    else:
+        backbone, gate = load_backbone(payload, map_location=device), None
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    backbone = backbone.to(memory_format=fmt)
+    data = load_cifar10(args.split, args.data_dir)
+    loader = BatchLoader(
+        data, batch_size=args.batch_size, device=device, channels_last=args.channels_last
+    )
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "kind": payload["kind"],
+        "depth": backbone.depth,
+        "split": args.split,
+        **evaluate_gated(backbone, gate, loader),
+    }
+    print(
+        f"{args.checkpoint} ({payload['kind']}, ResNet-{backbone.depth}) on {args.split} "
+        f"({results['num_images']} images): accuracy {results['accuracy']:.4f}, "
+        f"FLOPs {100 * results['flops_fraction']:.1f}%, "
+        f"blocks {100 * results['block_fraction']:.1f}%, "
+        f"{results['images_per_s']:.0f} images/s"
+    )
+    print("skip rate per block:", " ".join(f"{r:.2f}" for r in results["skip_rates"]))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

@@ -1,0 +1,285 @@
+"""SkipNet+HRL: hybrid REINFORCE + supervised training of gates and network, after SP.
+
+    python train/hybrid.py --sp runs/sp38/final.pt --alpha 0.1 --out runs/hrl38-a0.1
+    python train/hybrid.py --out runs/hrl38 --pretrain.init runs/base38/final.pt  # SP first
+    python train/hybrid.py --out runs/hrl38-a0.1 --resume
+    torchrun --nproc_per_node=2 train/hybrid.py ...
+
+Each gate samples execute/skip from Bernoulli(p) and skipped blocks are really skipped (a
+step costs less than a full-network step). Per image, decision k earns ``alpha / K`` for a
+skip, and the last decision also earns minus the cross-entropy of the prediction; returns-to-
+go (discount ``gamma``) weight the log-probabilities of the sampled decisions (REINFORCE,
+scaled by ``rl_weight``), and the cross-entropy of the output is minimised jointly. At
+evaluation the gates are greedy (p > 0.5).
+
+Batch norm. Sampled routes change which images each block sees from step to step, and in
+train mode a block's batch norm would normalise over that shifting subset and fold it into
+its running statistics: the statistics used at evaluation drift away from what greedy routes
+produce, which is how accuracy collapses in the RL stage of the authors' code. Here batch norm
+is frozen during HRL by default (``--freeze-bn``): the running statistics from SP are used in
+training and evaluation alike and are not updated; the affine weights still learn.
+
+Recipe. The authors run HRL for about 10k iterations at lr 1e-4 (SGD, momentum 0.9, wd 1e-4,
+batch 128, rl weight 0.01, gamma 1). On this project's CPU the default is a short run with a
+higher learning rate for the gate, so that the trade-off moves within an hour; alpha picks the
+trade-off (larger alpha, more skipping).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import supervised  # train/supervised.py: the SP stage, run first when --sp is not given
+import torch
+import torch.nn.functional as F
+import tyro
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm.auto import tqdm
+
+from agents.reinforce import BASELINES, reinforce_loss, returns_to_go, skip_rewards
+from agents.skipnet import load_skipnet
+from skipenv import distributed
+from skipenv.augment import BatchLoader
+from skipenv.checkpoint import CheckpointError, checkpoint_arch
+from skipenv.data import load_cifar10
+from skipenv.devices import autocast, tune_cpu_allocator
+from skipenv.evaluation import evaluate_gated
+from skipenv.runs import RunDir, config_dict, rng_state, set_rng_state
+
+
+@dataclass
+class Args:
+    out: Path = Path("runs/hrl")
+    """folder for checkpoints (last.pt, final.pt) and metrics.jsonl (and sp/ when SP runs first)"""
+    sp: Path | None = None
+    """SP checkpoint to start from; None runs SP first (with --pretrain.*) into OUT/sp"""
+    alpha: float = 0.1
+    """compute reward: alpha / K per skipped block (paper: 0.1, 0.01, 0.001); larger skips more"""
+    gamma: float = 1.0
+    """discount of the returns-to-go (1 in the authors' code)"""
+    rl_weight: float = 0.1
+    """scale of the REINFORCE term against the cross-entropy (authors: 0.01 over 10k steps)"""
+    baseline: str = "mean"
+    """REINFORCE baseline: mean (batch mean return per decision) or none (the authors')"""
+    epochs: float = 2.0
+    """passes over the training split (the authors' recipe is about 28)"""
+    batch_size: int = 128
+    """images per step (the global batch under torchrun)"""
+    lr: float = 1e-3
+    """learning rate of the backbone (constant; the authors use 1e-4 over 10k steps)"""
+    gate_lr: float = 1e-2
+    """learning rate of the gate (constant)"""
+    momentum: float = 0.9
+    """SGD momentum"""
+    weight_decay: float = 1e-4
+    """L2 weight decay (the authors' value)"""
+    freeze_bn: bool = True
+    """keep batch-norm statistics from SP fixed during HRL (see the module docstring)"""
+    eval_every: int = 0
+    """evaluate (and log) every this many steps; 0: at each epoch's end"""
+    train_split: str = "train"
+    """split to train on: train (45,000) or train-full (50,000)"""
+    eval_split: str = "val"
+    """split evaluated during training (val: the fixed 5,000 held out of train)"""
+    data_dir: str | None = None
+    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda"""
+    seed: int = 0
+    """seeds the batch order, the augmentation and the sampled gate decisions"""
+    channels_last: bool = True
+    """NHWC memory format (faster convs on CPUs)"""
+    amp: str = "none"
+    """mixed precision: none, bf16 (faster on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
+    checkpoint_minutes: float = 5.0
+    """minutes between checkpoints (one is also written at each evaluation)"""
+    resume: bool = False
+    """continue from OUT/last.pt instead of starting afresh"""
+    max_steps: int | None = None
+    """stop after this many steps in all (smoke tests)"""
+    progress: bool = True
+    """show a progress bar"""
+    pretrain: supervised.Args = field(default_factory=supervised.Args)
+    """the SP stage run first when --sp is not given (its out, data, device, seed and resume
+    are taken from this run)"""
+
+
+def run_pretraining(args: Args) -> Path:
+    """Run (or finish) the SP stage into OUT/sp and return its final checkpoint."""
+    sp_out = args.out / "sp"
+    if not (sp_out / "final.pt").exists():
+        supervised.main(
+            dataclasses.replace(
+                args.pretrain,
+                out=sp_out,
+                resume=(sp_out / "last.pt").exists(),
+                data_dir=args.data_dir,
+                device=args.device,
+                seed=args.seed,
+                progress=args.progress,
+            )
+        )
+    return sp_out / "final.pt"
+
+
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Put every batch-norm layer in eval mode: running statistics used, never updated."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def main(args: Args) -> dict:
+    if args.baseline not in BASELINES:
+        raise ValueError(f"unknown --baseline {args.baseline!r}; choose one of {BASELINES}")
+    if args.alpha < 0 or not 0 <= args.gamma <= 1:
+        raise ValueError(f"need alpha >= 0 and 0 <= gamma <= 1, got {args.alpha}, {args.gamma}")
+    sp_path = args.sp if args.sp is not None else run_pretraining(args)
+    dist = distributed.setup(args.device)
+    device = dist.device
+    autocast(device, args.amp)
+    if device.type == "cpu":
+        tune_cpu_allocator()
+    fmt = torch.channels_last if args.channels_last else torch.contiguous_format
+    torch.manual_seed(args.seed)
+    run = RunDir(args.out, args.resume, writer=dist.is_main)
+
+    # data
+    train = load_cifar10(args.train_split, args.data_dir, progress=dist.is_main)
+    held = load_cifar10(args.eval_split, args.data_dir, progress=dist.is_main)
+    train_loader = BatchLoader(
+        train,
+        batch_size=args.batch_size,
+        shuffle=True,
+        augment=True,
+        drop_last=True,
+        device=device,
+        seed=args.seed,
+        channels_last=args.channels_last,
+    )
+    eval_loader = BatchLoader(held, batch_size=500, device=device, channels_last=args.channels_last)
+
+    # model: the SP network (or the checkpoint being resumed)
+    model = load_skipnet(run.last if args.resume else sp_path, map_location=device)
+    model = model.to(device, memory_format=fmt)
+    arch = model.arch()
+    # a block skipped by every image of a batch gets no gradient that step
+    net = DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model.backbone.parameters(), "lr": args.lr},
+            {"params": model.gate.parameters(), "lr": args.gate_lr},
+        ],
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+    steps_per_epoch = len(train_loader)
+    total_steps = max(1, round(args.epochs * steps_per_epoch))
+    eval_every = args.eval_every or steps_per_epoch
+    config = config_dict(args)
+    config["sp"] = str(sp_path)
+
+    step, wall_before = 0, 0.0
+    if args.resume:
+        ckpt = run.load_last(("hrl",), map_location=device)
+        if checkpoint_arch(ckpt) != arch:
+            raise CheckpointError(f"{run.last} holds {ckpt['arch']}, but this run is {arch}")
+        optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        step, wall_before = ckpt["step"], ckpt["wall_s"]
+
+    def checkpoint(metrics: dict, final: bool = False) -> None:
+        run.save(
+            {
+                "kind": "hrl",
+                "config": config,
+                "arch": arch,
+                "model": model.backbone.state_dict(),
+                "gate": model.gate.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": rng_state(),
+                "step": step,
+                "epoch": step / steps_per_epoch,
+                "metrics": metrics,
+                "wall_s": wall_before + time.monotonic() - started,
+            },
+            final=final,
+        )
+
+    # train
+    net.train()
+    if args.freeze_bn:
+        freeze_batch_norm(model)
+    generator = torch.Generator(device=device)
+    started, metrics = time.monotonic(), {}
+    end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+    bar = tqdm(total=end, initial=step, disable=not (args.progress and dist.is_main), unit="step")
+    correct = seen = 0
+    executed_sum = 0.0
+    while step < end:
+        epoch, done_in_epoch = divmod(step, steps_per_epoch)
+        train_loader.set_epoch(epoch)
+        batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
+        for x, y in distributed.shard(batches, dist):
+            generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
+            with autocast(device, args.amp):
+                out = net(x, mode="sample", routing="skip", generator=generator)
+            ce = F.cross_entropy(out.logits.float(), y)
+            decisions = out.executed[:, 1:]  # B x K
+            returns = returns_to_go(skip_rewards(decisions, out.logits, y, args.alpha), args.gamma)
+            pg = reinforce_loss(out.probs.float(), decisions, returns, args.baseline)
+            loss = ce + args.rl_weight * pg
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            correct += int((out.logits.argmax(dim=1) == y).sum())
+            seen += y.numel()
+            executed_sum += float(out.executed.float().mean()) * y.numel()
+            bar.update()
+            bar.set_postfix(
+                epoch=epoch,
+                ce=f"{ce.item():.3f}",
+                acc=f"{correct / seen:.3f}",
+                blocks=f"{executed_sum / seen:.3f}",
+                p=f"{out.probs.mean().item():.3f}",
+            )
+            if step % eval_every == 0 or step == end:
+                metrics = {"step": step, "epoch": step / steps_per_epoch}
+                if dist.is_main:
+                    val = evaluate_gated(model.backbone, model.gate, eval_loader)
+                    metrics |= {f"{args.eval_split}_{k}": v for k, v in val.items()}
+                metrics |= {
+                    "train_accuracy": correct / max(seen, 1),
+                    "train_block_fraction": executed_sum / max(seen, 1),
+                    "wall_s": wall_before + time.monotonic() - started,
+                }
+                correct = seen = 0
+                executed_sum = 0.0
+                distributed.barrier(dist)
+                run.log(metrics)
+                if dist.is_main:
+                    bar.write(json.dumps({k: v for k, v in metrics.items() if "rates" not in k}))
+                checkpoint(metrics)
+                net.train()
+                if args.freeze_bn:
+                    freeze_batch_norm(model)
+            elif run.due(args.checkpoint_minutes):
+                checkpoint(metrics)
+            if step >= end:
+                break
+    bar.close()
+    if step == total_steps:
+        checkpoint(metrics, final=True)
+    distributed.teardown(dist)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
