@@ -1,0 +1,386 @@
+"""What the single and the vector environment share: B episodes routed in lockstep (B >= 1).
+
+:class:`Episodes` holds a frozen backbone, a data split on the device and the state of B
+episodes that all decide the same block at the same time. ``start(indices)`` runs the stem
+and block 0 on those images; ``step(execute)`` applies one decision per image to the next
+block (one batched :meth:`~skipenv.resnet.SkipResNet.advance`, real skipping) and, after the
+last block, runs the head. Both return batched numpy observations and infos (arrays with a
+leading B axis); ``step`` also returns the B rewards. :class:`~skipenv.env.SkipNetEnv` uses
+it with B = 1, :class:`~skipenv.vector_env.SkipNetVectorEnv` with B = num_envs, so the two
+agree by construction. The observation layout and the rewards are documented on SkipNetEnv.
+
+Per step, all compute stays on the device and one tensor crosses to the host (the
+observation; the last step adds one for the loss and prediction). The executed mask and the
+MACs are mirrored on the host from the actions and the flops table, so reading them costs no
+transfer.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from skipenv.augment import normalize
+from skipenv.checkpoint import load_backbone
+from skipenv.data import CifarSplit, load_cifar10
+from skipenv.devices import resolve_device
+from skipenv.resnet import Route, SkipResNet, build_resnet
+
+OBS_MODES: tuple[str, ...] = ("vector", "activation", "dict")
+REWARDS: tuple[str, ...] = ("paper", "accuracy")
+POOL = 8  # spatial size of the "activation" observation
+BACKBONE_SEED = 0  # seed of the random weights of pretrained=False
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+Obs = np.ndarray | dict[str, np.ndarray]
+
+
+# ---------------------------------------------------------------------------- construction
+
+
+def _default_checkpoint(depth: int) -> Path:
+    """The shipped pretrained backbone of ``depth``. None ships yet, so this always raises."""
+    raise ValueError(
+        f"no pretrained ResNet-{depth} backbone ships with skipnet-gym yet; pass "
+        "checkpoint=PATH (a base, sp or hrl checkpoint, e.g. one written by train/base.py) "
+        "or backbone=MODEL, or pretrained=False for random weights"
+    )
+
+
+def random_backbone(depth: int) -> SkipResNet:
+    """``build_resnet(depth)`` with weights drawn from a fixed seed (global RNG untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(BACKBONE_SEED)
+        return build_resnet(depth)
+
+
+def resolve_backbone(
+    *,
+    depth: int,
+    checkpoint: str | Path | None,
+    backbone: SkipResNet | None,
+    pretrained: bool,
+) -> SkipResNet:
+    """The backbone an environment routes through: ``backbone`` as is, else ``checkpoint``,
+    else the shipped pretrained one (``pretrained=True``) or random weights."""
+    if backbone is not None:
+        if checkpoint is not None:
+            raise ValueError(
+                f"pass either backbone= or checkpoint=, not both (got checkpoint={checkpoint!r})"
+            )
+        if not isinstance(backbone, SkipResNet):
+            raise TypeError(
+                f"backbone must be a skipenv.resnet.SkipResNet, got {type(backbone).__name__}"
+            )
+        return backbone
+    if checkpoint is not None:
+        return load_backbone(checkpoint, depth=depth)
+    if pretrained:
+        return load_backbone(_default_checkpoint(depth), depth=depth)
+    return random_backbone(depth)
+
+
+def resolve_data(data: CifarSplit | None, split: str, data_root: str | Path | None) -> CifarSplit:
+    """``data`` as is, else ``load_cifar10(split, data_root)`` (DataError says what is missing)."""
+    if data is None:
+        return load_cifar10(split, data_root, progress=False)
+    if not isinstance(data, CifarSplit):
+        raise TypeError(f"data must be a skipenv.data.CifarSplit, got {type(data).__name__}")
+    return data
+
+
+def observation_space(obs_mode: str, c_max: int, num_blocks: int) -> spaces.Space:
+    """The single-episode observation space of ``obs_mode`` (layout: see SkipNetEnv).
+
+    Activations have no finite bound (block outputs are >= 0, but a skipped projecting
+    block outputs its 1x1 projection + batch norm, which can be negative); the largest
+    float32 stands in for infinity, which Gymnasium's checker rejects.
+    """
+    if obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if obs_mode == "vector":
+        low = np.full(c_max + 2, -FLOAT32_MAX, dtype=np.float32)
+        high = np.full(c_max + 2, FLOAT32_MAX, dtype=np.float32)
+        low[c_max:], high[c_max:] = 0.0, 1.0
+        return spaces.Box(low, high, dtype=np.float32)
+    activation = spaces.Box(-FLOAT32_MAX, FLOAT32_MAX, (c_max, POOL, POOL), np.float32)
+    if obs_mode == "activation":
+        return activation
+    return spaces.Dict(
+        {
+            "activation": activation,
+            "pooled": spaces.Box(-FLOAT32_MAX, FLOAT32_MAX, (c_max,), np.float32),
+            "block": spaces.Discrete(num_blocks + 1),
+            "flops_fraction": spaces.Box(0.0, 1.0, (1,), np.float32),
+        }
+    )
+
+
+def pool_to_grid(h: torch.Tensor) -> torch.Tensor:
+    """Adaptive average pooling to ``POOL x POOL``: B x C x H x W -> B x C x 8 x 8.
+
+    Where 8 divides H and W this is a plain average pooling, which computes the same and is
+    1.5x faster on CPU for channels_last batches.
+    """
+    height, width = h.shape[-2:]
+    if height % POOL == 0 and width % POOL == 0:
+        return F.avg_pool2d(h, (height // POOL, width // POOL))
+    return F.adaptive_avg_pool2d(h, POOL)
+
+
+def _real(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+# ---------------------------------------------------------------------------- episodes
+
+
+class Episodes:
+    """B SkipNet episodes in lockstep on one device.
+
+    Args:
+        backbone: the network; it is moved to ``device``, put in eval mode and frozen.
+        data: the images to route (uint8, normalised with CIFAR-10 statistics at start).
+        device: where everything is computed.
+        obs_mode: ``vector``, ``activation`` or ``dict``.
+        reward: ``paper`` or ``accuracy``.
+        alpha: the paper reward's bonus for skipping all decided blocks (alpha / K each).
+        lam: the accuracy reward's price of the full network's MACs.
+        channels_last: NHWC memory format (default: on CPU only, where a ResNet-38 batch of
+            256 runs about 1.2x faster with it).
+    """
+
+    def __init__(
+        self,
+        backbone: SkipResNet,
+        data: CifarSplit,
+        *,
+        device: torch.device,
+        obs_mode: str = "vector",
+        reward: str = "paper",
+        alpha: float = 0.1,
+        lam: float = 1.0,
+        channels_last: bool | None = None,
+    ) -> None:
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+        self.alpha, self.lam = _real(alpha, "alpha"), _real(lam, "lam")
+        self.obs_mode, self.reward = obs_mode, reward
+        if backbone.num_decisions < 1:
+            raise ValueError("the backbone needs at least two blocks (one decision)")
+        images, labels = data.images, data.labels
+        if len(data) == 0:
+            raise ValueError("data holds no images")
+        if images.shape[1] != backbone.in_channels:
+            raise ValueError(
+                f"data images have {images.shape[1]} channels, the backbone takes "
+                f"{backbone.in_channels}"
+            )
+        if int(labels.min()) < 0 or int(labels.max()) >= backbone.num_classes:
+            raise ValueError(
+                f"labels must lie in 0..{backbone.num_classes - 1} (the backbone's classes), "
+                f"got {int(labels.min())}..{int(labels.max())}"
+            )
+
+        self.device = device
+        self.channels_last = device.type == "cpu" if channels_last is None else channels_last
+        self.memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.backbone = backbone.to(device, memory_format=self.memory_format).eval()
+        self.backbone.requires_grad_(False)
+        self.data = data
+        self.images = images.to(device)  # N x 3 x H x W uint8
+        self.labels = labels.to(device)  # N int64
+        self.labels_np = labels.cpu().numpy()  # N int64
+
+        self.flops = backbone.flops_table(tuple(images.shape[-2:]))
+        self.full_macs = self.flops.full
+        self._execute_cost = np.array(self.flops.block_execute, dtype=np.int64)  # num_blocks
+        self._skip_cost = np.array(self.flops.block_skip, dtype=np.int64)  # num_blocks
+        self.c_max = max(backbone.block_channels)
+        self.observation_space = observation_space(obs_mode, self.c_max, self.num_blocks)
+
+        self._route: Route | None = None
+        self.batch_size = 0
+        self.next_block = 0
+        self.indices = np.zeros(0, dtype=np.int64)  # B
+        self.executed = np.zeros((0, self.num_blocks), dtype=bool)  # B x num_blocks
+        self.macs = np.zeros(0, dtype=np.int64)  # B
+        self.prediction: np.ndarray | None = None  # B int64, after the last step
+
+    @property
+    def num_blocks(self) -> int:
+        return self.backbone.num_blocks
+
+    @property
+    def num_decisions(self) -> int:
+        """K: decisions (steps) per episode."""
+        return self.backbone.num_decisions
+
+    @property
+    def running(self) -> bool:
+        """Whether an episode is under way (started and not yet at its last block)."""
+        return self._route is not None
+
+    def check_indices(self, indices: Any) -> np.ndarray:
+        """``indices`` as an int64 array, each in ``0..len(data) - 1``."""
+        array = np.asarray(indices)
+        if array.ndim != 1 or not (array.dtype.kind in "iu" or array.size == 0):
+            raise ValueError(f"image indices must be a 1-d integer sequence, got {indices!r}")
+        n = len(self.data)
+        if array.size and (int(array.min()) < 0 or int(array.max()) >= n):
+            raise ValueError(f"image indices must lie in 0..{n - 1}, got {indices!r}")
+        return array.astype(np.int64)
+
+    # -- one episode batch
+
+    def start(self, indices: np.ndarray) -> tuple[Obs, dict[str, np.ndarray]]:
+        """Begin B episodes on images ``indices`` (B int64, checked): stem and block 0 run."""
+        index_t = torch.from_numpy(indices).to(self.device)  # B int64
+        b = len(indices)
+        with torch.inference_mode():
+            x = normalize(self.images.index_select(0, index_t), memory_format=self.memory_format)
+            self._route = self.backbone.start(x)  # B x 3 x H x W -> route at block 1
+            self._labels_t = self.labels.index_select(0, index_t)  # B int64
+            self.batch_size, self.next_block = b, 1
+            self.indices = indices.copy()
+            self.executed = np.zeros((b, self.num_blocks), dtype=bool)
+            self.executed[:, 0] = True
+            self.macs = np.full(b, self.flops.stem + self.flops.block_execute[0], dtype=np.int64)
+            self.prediction = None
+            obs = self._observe(self._route.h)
+        return obs, self._info()
+
+    def step(self, execute: np.ndarray) -> tuple[Obs, np.ndarray, bool, dict[str, np.ndarray]]:
+        """Decide block ``next_block`` for every image (``execute``: B bool, checked).
+
+        Returns observations, rewards (B float64), whether the episodes ended (after the last
+        block; then the head has run) and infos.
+        """
+        route = self._route
+        if route is None:
+            raise RuntimeError("no episode is running; call start() first")
+        block = route.next_block
+        with torch.inference_mode():
+            self.backbone.advance(route, torch.from_numpy(execute).to(self.device))
+            done = route.done
+            if done:
+                logits = self.backbone.finish(route)  # B x num_classes
+                loss = F.cross_entropy(logits.float(), self._labels_t, reduction="none")  # B
+                prediction = logits.argmax(dim=1).to(loss.dtype)  # B
+                final = torch.stack([loss, prediction], dim=1).cpu().numpy()  # B x 2
+            cost = np.where(execute, self._execute_cost[block], self._skip_cost[block])  # B
+            self.executed[:, block] = execute
+            self.macs += cost
+            self.next_block = block + 1
+            if done:
+                self._route = None
+                self.macs += self.flops.head
+                self.prediction = final[:, 1].astype(np.int64)
+            obs = self._observe(route.h)
+
+        if self.reward == "paper":
+            rewards = np.where(execute, 0.0, self.alpha / self.num_decisions)  # B
+            if done:
+                rewards = rewards - final[:, 0]
+        else:
+            rewards = -self.lam * cost / self.full_macs  # B
+            if done:
+                rewards = rewards + (self.prediction == self.labels_np[self.indices])
+        return obs, rewards.astype(np.float64), done, self._info()
+
+    # -- observations and infos
+
+    def _observe(self, h: torch.Tensor) -> Obs:
+        """Observation of activations ``h`` (B x C x H x W) after block ``next_block - 1``.
+
+        Pooled on the device into one fresh zeroed buffer (the zeros are the channel padding)
+        laid out as the host arrays: [activation C_max x 8 x 8 | pooled C_max | 2 slots], each
+        part present for its modes; then one transfer.
+        """
+        b, c = h.shape[:2]
+        size = 0 if self.obs_mode == "vector" else self.c_max * POOL * POOL
+        width = {"vector": self.c_max + 2, "activation": size, "dict": size + self.c_max}
+        flat = h.new_zeros(b, width[self.obs_mode])  # B x width
+        if self.obs_mode != "vector":
+            activation = flat[:, :size].view(b, self.c_max, POOL, POOL)  # B x C_max x 8 x 8
+            activation[:, :c] = pool_to_grid(h)
+        if self.obs_mode != "activation":
+            flat[:, size : size + c] = h.mean(dim=(2, 3))  # B x C
+        host = flat.cpu().numpy()  # the step's one transfer
+        if self.obs_mode == "vector":
+            return self._finish_obs(host)
+        activation_np = host[:, :size].reshape(b, self.c_max, POOL, POOL)
+        if self.obs_mode == "activation":
+            return activation_np
+        return self._finish_obs({"activation": activation_np, "pooled": host[:, size:]})
+
+    def _finish_obs(self, obs: Obs) -> Obs:
+        """Write the block and FLOPs entries (host-side counters) into ``obs``."""
+        fraction = self.macs / self.full_macs  # B float64
+        if isinstance(obs, dict):
+            obs["block"] = np.full(self.batch_size, self.next_block, dtype=np.int64)
+            obs["flops_fraction"] = fraction.astype(np.float32)[:, None]
+        elif self.obs_mode == "vector":
+            obs[:, self.c_max] = self.next_block / self.num_blocks
+            obs[:, self.c_max + 1] = fraction
+        return obs
+
+    def _info(self) -> dict[str, np.ndarray]:
+        info = {
+            "index": self.indices.copy(),
+            "label": self.labels_np[self.indices],
+            "macs": self.macs.copy(),
+            "flops_fraction": self.macs / self.full_macs,
+            "executed": self.executed.copy(),
+            "next_block": np.full(self.batch_size, self.next_block, dtype=np.int64),
+        }
+        if self.prediction is not None:
+            info["prediction"] = self.prediction.copy()
+            info["correct"] = self.prediction == info["label"]
+        return info
+
+
+def make_episodes(
+    *,
+    split: str,
+    depth: int,
+    checkpoint: str | Path | None,
+    backbone: SkipResNet | None,
+    pretrained: bool,
+    data: CifarSplit | None,
+    data_root: str | Path | None,
+    device: str | torch.device,
+    reward: str,
+    alpha: float,
+    lam: float,
+    obs_mode: str,
+    channels_last: bool | None,
+) -> Episodes:
+    """Check the environment arguments (cheap checks first) and build its :class:`Episodes`."""
+    if obs_mode not in OBS_MODES:
+        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
+    if reward not in REWARDS:
+        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
+    resolved = resolve_device(device)
+    model = resolve_backbone(
+        depth=depth, checkpoint=checkpoint, backbone=backbone, pretrained=pretrained
+    )
+    split_data = resolve_data(data, split, data_root)
+    return Episodes(
+        model,
+        split_data,
+        device=resolved,
+        obs_mode=obs_mode,
+        reward=reward,
+        alpha=alpha,
+        lam=lam,
+        channels_last=channels_last,
+    )

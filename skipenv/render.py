@@ -1,0 +1,76 @@
+"""Pictures and one-line traces of a routed image, for ``render_mode`` ``rgb_array`` and ``ansi``.
+
+``rgb_frame`` draws the image, upscaled, beside one column of cells per stage: a cell per
+block, green when the block ran, dark grey when it was skipped, light grey while undecided.
+``ansi_line`` writes the same trace as text: ``1`` ran, ``0`` skipped, ``.`` undecided, with
+``|`` between stages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCALE = 4  # image upscaling factor
+MARGIN = 4  # pixels between the image and the strip, and between stage columns
+COLUMN_WIDTH = 12  # pixels per stage column
+
+BACKGROUND = (24, 24, 24)
+EXECUTED = (60, 180, 75)
+SKIPPED = (90, 90, 90)
+PENDING = (200, 200, 200)
+
+
+def block_states(executed: np.ndarray, next_block: int) -> np.ndarray:
+    """Per block: 1 ran, 0 skipped, -1 undecided (``next_block`` and later)."""
+    states = executed.astype(np.int8)  # num_blocks
+    states[next_block:] = -1
+    return states
+
+
+def rgb_frame(
+    image: np.ndarray, executed: np.ndarray, next_block: int, num_stages: int, scale: int = SCALE
+) -> np.ndarray:
+    """The image beside its block strip: ``H x W x 3`` uint8.
+
+    Args:
+        image: ``3 x h x w`` uint8 (CHW, as stored in a CifarSplit).
+        executed: ``num_blocks`` bool, blocks run so far.
+        next_block: the block the next decision is about (``num_blocks`` when done).
+        num_stages: stages of the network; blocks are split evenly into that many columns.
+        scale: upscaling factor of the image.
+    """
+    picture = np.repeat(np.repeat(image.transpose(1, 2, 0), scale, 0), scale, 1)  # H x W x 3
+    height = picture.shape[0]
+    per_column = -(-len(executed) // num_stages)
+    pitch = max(1, height // per_column)
+    cell = pitch - 1 if pitch >= 3 else pitch
+    width = picture.shape[1] + num_stages * (MARGIN + COLUMN_WIDTH)
+    frame = np.empty((height, width, 3), dtype=np.uint8)
+    frame[:] = BACKGROUND
+    frame[:, : picture.shape[1]] = picture
+    colours = {1: EXECUTED, 0: SKIPPED, -1: PENDING}
+    for block, state in enumerate(block_states(executed, next_block)):
+        column, row = divmod(block, per_column)
+        left = picture.shape[1] + MARGIN + column * (MARGIN + COLUMN_WIDTH)
+        frame[row * pitch : row * pitch + cell, left : left + COLUMN_WIDTH] = colours[int(state)]
+    return frame
+
+
+def ansi_line(
+    index: int,
+    label: str,
+    executed: np.ndarray,
+    next_block: int,
+    num_stages: int,
+    flops_fraction: float,
+    prediction: str | None = None,
+) -> str:
+    """One line: image, label, block trace, FLOPs spent and, when done, the prediction."""
+    marks = "".join({1: "1", 0: "0", -1: "."}[int(s)] for s in block_states(executed, next_block))
+    per_column = -(-len(marks) // num_stages)
+    trace = "|".join(marks[i : i + per_column] for i in range(0, len(marks), per_column))
+    line = f"image {index} ({label}) blocks {trace} flops {flops_fraction:.1%}"
+    if prediction is not None:
+        verdict = "correct" if prediction == label else "wrong"
+        line += f" -> {prediction} ({verdict})"
+    return line

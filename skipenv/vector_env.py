@@ -1,0 +1,211 @@
+"""SkipNet-CIFAR10-v0 natively batched: N episodes in lockstep as one tensor batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.error import ResetNeeded
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import batch_space
+
+from skipenv.data import CifarSplit
+from skipenv.env import RENDER_MODES, render_episode, row
+from skipenv.episode import Episodes, Obs, make_episodes
+from skipenv.resnet import SkipResNet
+
+
+def with_masks(info: dict[str, np.ndarray], num_envs: int) -> dict[str, np.ndarray]:
+    """Gymnasium's vector info layout: every key ``k`` gets a mask ``_k`` (here all True)."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in info.items():
+        out[key], out[f"_{key}"] = value, np.ones(num_envs, dtype=bool)
+    return out
+
+
+class SkipNetVectorEnv(gym.vector.VectorEnv):
+    """``num_envs`` SkipNet-CIFAR10-v0 episodes, batched on the device.
+
+    Observations, actions, rewards, episode end and info keys are those of
+    :class:`~skipenv.env.SkipNetEnv` (see its docstring), batched along a leading axis of
+    ``num_envs``. All episodes have the same length K and run in lockstep: each step runs the
+    next block once, batched, on the images whose action is 1 (real skipping), so a step
+    costs about what the backbone itself costs for that block.
+
+    - ``actions``: integer (or bool) array of shape ``(num_envs,)`` with values 0 (skip) or 1
+      (execute); anything else raises ``ValueError`` naming the expected shape.
+    - Autoreset (``metadata["autoreset_mode"]`` is ``SAME_STEP``): every episode terminates
+      on the same step; that step returns the observations of ``num_envs`` freshly drawn
+      images (stem and block 0 already run), with the terminal observations in
+      ``info["final_obs"]`` (object array, one observation per environment) and the terminal
+      infos (with ``prediction`` and ``correct``) in ``info["final_info"]``.
+    - Infos are dicts of arrays with ``"_key"`` masks, as in Gymnasium's vector envs.
+    - ``reset(seed=..., options={"indices": [...]})`` picks the ``num_envs`` images; without
+      it they are drawn with ``self.np_random``, as are the images of every autoreset.
+    - ``render()`` returns one frame (``rgb_array``) or line (``ansi``) per environment.
+
+    Args:
+        num_envs: N, the batch size.
+        The other arguments are those of :class:`~skipenv.env.SkipNetEnv`.
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {
+        "render_modes": list(RENDER_MODES),
+        "render_fps": 4,
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+    }
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        split: str = "train",
+        depth: int = 38,
+        checkpoint: str | Path | None = None,
+        backbone: SkipResNet | None = None,
+        pretrained: bool = True,
+        data: CifarSplit | None = None,
+        data_root: str | Path | None = None,
+        device: str | torch.device = "auto",
+        reward: str = "paper",
+        alpha: float = 0.1,
+        lam: float = 1.0,
+        obs_mode: str = "vector",
+        render_mode: str | None = None,
+        channels_last: bool | None = None,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if render_mode is not None and render_mode not in RENDER_MODES:
+            raise ValueError(
+                f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}"
+            )
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.episodes: Episodes = make_episodes(
+            split=split,
+            depth=depth,
+            checkpoint=checkpoint,
+            backbone=backbone,
+            pretrained=pretrained,
+            data=data,
+            data_root=data_root,
+            device=device,
+            reward=reward,
+            alpha=alpha,
+            lam=lam,
+            obs_mode=obs_mode,
+            channels_last=channels_last,
+        )
+        self.single_observation_space = self.episodes.observation_space
+        self.single_action_space = spaces.Discrete(2)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._expected = (
+            f"an integer array of shape ({num_envs},) (one action per environment) with values "
+            "0 (skip) or 1 (execute)"
+        )
+
+    # -- facts
+
+    @property
+    def backbone(self) -> SkipResNet:
+        return self.episodes.backbone
+
+    @property
+    def data(self) -> CifarSplit:
+        return self.episodes.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.episodes.device
+
+    @property
+    def num_blocks(self) -> int:
+        return self.episodes.num_blocks
+
+    @property
+    def num_decisions(self) -> int:
+        return self.episodes.num_decisions
+
+    def action_masks(self) -> np.ndarray:
+        """Both actions are always valid (for MaskablePPO): ``num_envs x 2`` True."""
+        return np.ones((self.num_envs, 2), dtype=bool)
+
+    # -- the API
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - {"indices"}
+        if unknown:
+            raise ValueError(f"unknown reset options {sorted(unknown)}; the only one is 'indices'")
+        if options.get("indices") is not None:
+            indices = self.episodes.check_indices(options["indices"])
+            if indices.shape != (self.num_envs,):
+                raise ValueError(
+                    f"options['indices'] needs {self.num_envs} image indices (one per "
+                    f"environment), got {len(indices)}"
+                )
+        else:
+            indices = self._draw()
+        obs, info = self.episodes.start(indices)
+        return obs, with_masks(info, self.num_envs)
+
+    def step(self, actions: Any) -> tuple[Obs, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        if not self.episodes.running:
+            raise ResetNeeded("no episodes have started: call reset() before step()")
+        execute = self._check_actions(actions)
+        obs, rewards, done, info = self.episodes.step(execute)
+        n = self.num_envs
+        infos = with_masks(info, n)
+        if done:
+            final_obs = np.empty(n, dtype=object)
+            for i in range(n):  # Gymnasium's layout: one object per environment
+                final_obs[i] = row(obs, i)
+            obs, reset_info = self.episodes.start(self._draw())
+            infos = {
+                **with_masks(reset_info, n),
+                "final_obs": final_obs,
+                "_final_obs": np.ones(n, dtype=bool),
+                "final_info": infos,
+                "_final_info": np.ones(n, dtype=bool),
+            }
+        terminated = np.full(n, done, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        return obs, rewards, terminated, truncated, infos
+
+    def render(self) -> tuple[np.ndarray | str, ...] | None:
+        if self.render_mode is None:
+            gym.logger.warn(
+                "render() was called without a render mode; make the environment with "
+                'render_mode="rgb_array" or "ansi"'
+            )
+            return None
+        if self.episodes.batch_size == 0:
+            raise ResetNeeded("nothing to render yet: call reset() first")
+        return tuple(
+            render_episode(self.episodes, i, self.render_mode) for i in range(self.num_envs)
+        )
+
+    # -- helpers
+
+    def _draw(self) -> np.ndarray:
+        return self.np_random.integers(len(self.data), size=self.num_envs).astype(np.int64)
+
+    def _check_actions(self, actions: Any) -> np.ndarray:
+        """``actions`` as a contiguous bool array of shape (N,), or a ValueError."""
+        array = np.asarray(actions)
+        if array.dtype.kind not in "biu":
+            raise ValueError(f"actions must be {self._expected}; got dtype {array.dtype}")
+        if array.shape != (self.num_envs,):
+            raise ValueError(f"actions must be {self._expected}; got shape {array.shape}")
+        if array.dtype.kind != "b" and not bool(((array == 0) | (array == 1)).all()):
+            bad = array[(array != 0) & (array != 1)]
+            raise ValueError(f"actions must be {self._expected}; got values {bad[:5].tolist()}")
+        return np.ascontiguousarray(array, dtype=bool)
