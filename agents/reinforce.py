@@ -68,3 +68,32 @@ def reinforce_loss(
         advantage = advantage - advantage.mean(dim=0, keepdim=True)
     logp = log_prob(probs, execute.bool())  # B x K
     return -(logp * advantage).sum(dim=1).mean()
+
+
+def hybrid_loss(
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    executed: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    alpha: float,
+    gamma: float = 1.0,
+    rl_weight: float = 0.01,
+    baseline: str = "mean",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SkipNet's hybrid objective: cross-entropy + ``rl_weight`` x REINFORCE on the gates.
+
+    Args:
+        logits: B x num_classes, from a forward with sampled gates and real skipping.
+        probs: B x K, p(execute) of each decision (differentiable w.r.t. the gate).
+        executed: B x N bool, the blocks that ran (block 0 always; the rest are the decisions).
+        labels: B int64.
+
+    Returns:
+        The loss to minimise, and the cross-entropy alone (for logging).
+    """
+    ce = F.cross_entropy(logits.float(), labels)
+    decisions = executed[:, 1:]  # B x K
+    returns = returns_to_go(skip_rewards(decisions, logits, labels, alpha), gamma)  # B x K
+    pg = reinforce_loss(probs.float(), decisions, returns, baseline)
+    return ce + rl_weight * pg, ce

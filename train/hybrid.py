@@ -36,13 +36,12 @@ from pathlib import Path
 
 import supervised  # train/supervised.py: the SP stage, run first when --sp is not given
 import torch
-import torch.nn.functional as F
 import tyro
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from agents.reinforce import BASELINES, reinforce_loss, returns_to_go, skip_rewards
+from agents.reinforce import BASELINES, hybrid_loss
 from agents.skipnet import load_skipnet
 from skipenv import distributed
 from skipenv.augment import BatchLoader
@@ -230,11 +229,16 @@ def main(args: Args) -> dict:
             generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
             with autocast(device, args.amp):
                 out = net(x, mode="sample", routing="skip", generator=generator)
-            ce = F.cross_entropy(out.logits.float(), y)
-            decisions = out.executed[:, 1:]  # B x K
-            returns = returns_to_go(skip_rewards(decisions, out.logits, y, args.alpha), args.gamma)
-            pg = reinforce_loss(out.probs.float(), decisions, returns, args.baseline)
-            loss = ce + args.rl_weight * pg
+            loss, ce = hybrid_loss(
+                out.logits,
+                out.probs,
+                out.executed,
+                y,
+                alpha=args.alpha,
+                gamma=args.gamma,
+                rl_weight=args.rl_weight,
+                baseline=args.baseline,
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
