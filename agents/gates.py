@@ -340,3 +340,33 @@ def build_gate(spec: dict[str, Any], block_channels: tuple[int, ...]) -> Gate:
             f"unknown keys {unknown} in a {kind!r} gate spec; allowed: {list(_OPTIONS[kind])}"
         )
     return _CLASSES[kind](channels, **kwargs)
+
+
+# ---------------------------------------------------------------------------- exploration
+
+
+class ExploringGate(Gate):
+    """``gate`` mixed with a fair coin: p' = explore / 2 + (1 - explore) * p.
+
+    Used while sampling in HRL so that every decision is explored at least ``explore / 2`` of
+    the time, however sure the gate has become (after SP, p is often above 0.99 everywhere,
+    and REINFORCE then hardly ever sees a skip). The mixture is the behaviour policy: its
+    log-probabilities are differentiable in the gate's parameters, and p' > 0.5 exactly when
+    p > 0.5, so greedy decisions are unchanged. ``explore = 0`` is the gate itself.
+    """
+
+    def __init__(self, gate: Gate, explore: float) -> None:
+        super().__init__()
+        if not 0.0 <= explore < 1.0:
+            raise ValueError(f"explore must be in [0, 1), got {explore!r}")
+        self.gate, self.explore = gate, explore
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Any:
+        return self.gate.initial_state(batch_size, device)
+
+    def forward(self, h: torch.Tensor, block: int, state: Any) -> tuple[torch.Tensor, Any]:
+        p, state = self.gate(h, block, state)  # B
+        return self.explore / 2 + (1.0 - self.explore) * p, state
+
+    def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
+        return self.gate.macs(block, in_shape)

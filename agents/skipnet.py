@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.gates import build_gate
+from agents.gates import ExploringGate, build_gate
 from skipenv.checkpoint import (
     CheckpointError,
     checkpoint_arch,
@@ -46,9 +46,15 @@ class SkipNet(nn.Module):
         mode: str = "greedy",
         routing: str = "skip",
         generator: torch.Generator | None = None,
+        explore: float = 0.0,
     ) -> GatedOutput:
-        """Gated forward: see :meth:`skipenv.resnet.SkipResNet.forward_gated`."""
-        return self.backbone.forward_gated(x, self.gate, mode, routing, generator)
+        """Gated forward: see :meth:`skipenv.resnet.SkipResNet.forward_gated`.
+
+        ``explore`` > 0 mixes the gate with a fair coin (:class:`agents.gates.ExploringGate`);
+        the returned ``probs`` are then the mixture's.
+        """
+        gate = ExploringGate(self.gate, explore) if explore > 0 else self.gate
+        return self.backbone.forward_gated(x, gate, mode, routing, generator)
 
     def arch(self, dataset: str = "cifar10") -> dict[str, Any]:
         """What :func:`build_skipnet` needs to rebuild this network."""

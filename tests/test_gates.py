@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.gates import GATE_TYPES, FFGateI, FFGateII, RNNGate, build_gate
+from agents.gates import GATE_TYPES, ExploringGate, FFGateI, FFGateII, RNNGate, build_gate
 from skipenv.gating import Gate
 from skipenv.resnet import SkipResNet
 
@@ -203,3 +203,29 @@ def test_build_gate_errors() -> None:
         RNNGate((4, 8), init_execute_prob=1.0)
     with pytest.raises(ValueError, match="at least 2 blocks"):
         FFGateI((4,))
+
+
+def test_exploring_gate_mixes_with_a_coin_and_keeps_greedy_decisions(
+    tiny_model: SkipResNet,
+) -> None:
+    torch.manual_seed(0)
+    gate = RNNGate(tiny_model.block_channels, init_execute_prob=None)
+    explorer = ExploringGate(gate, 0.2)
+    x = torch.randn(32, 3, 32, 32)
+    with torch.no_grad():
+        plain = tiny_model.eval().forward_gated(x, gate, mode="greedy")
+        mixed = tiny_model.forward_gated(x, explorer, mode="greedy")
+    torch.testing.assert_close(mixed.probs, 0.1 + 0.8 * plain.probs)
+    assert torch.equal(mixed.executed, plain.executed)
+    assert 0.1 <= float(mixed.probs.min()) and float(mixed.probs.max()) <= 0.9
+    saturated = RNNGate(tiny_model.block_channels, init_execute_prob=0.999)
+    out = tiny_model.forward_gated(
+        x.repeat(8, 1, 1, 1),
+        ExploringGate(saturated, 0.2),
+        mode="sample",
+        generator=torch.Generator().manual_seed(0),
+    )
+    skipped = 1.0 - out.executed[:, 1:].float().mean()
+    assert 0.05 < float(skipped) < 0.2  # ~ 0.1 + 0.8 * 0.001 of the decisions skip
+    with pytest.raises(ValueError, match="explore"):
+        ExploringGate(gate, 1.0)

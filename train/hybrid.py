@@ -66,6 +66,9 @@ class Args:
     """scale of the REINFORCE term against the cross-entropy (authors: 0.01 over 10k steps)"""
     baseline: str = "mean"
     """REINFORCE baseline: mean (batch mean return per decision) or none (the authors')"""
+    explore: float = 0.0
+    """sample from explore/2 + (1 - explore) * p, so every block is skipped and run at least
+    explore/2 of the time while training (0: the authors' plain sampling)"""
     epochs: float = 2.0
     """passes over the training split (the authors' recipe is about 28)"""
     batch_size: int = 128
@@ -228,7 +231,9 @@ def main(args: Args) -> dict:
         for x, y in distributed.shard(batches, dist):
             generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
             with autocast(device, args.amp):
-                out = net(x, mode="sample", routing="skip", generator=generator)
+                out = net(
+                    x, mode="sample", routing="skip", generator=generator, explore=args.explore
+                )
             loss, ce = hybrid_loss(
                 out.logits,
                 out.probs,
