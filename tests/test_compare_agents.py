@@ -1,0 +1,216 @@
+"""scripts/compare_agents.py on a tiny SP checkpoint and a synthetic data root."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic import write_folder
+
+from agents.gate_agent import GateAgent
+from agents.gates import RNNGate
+from agents.skipnet import SkipNet
+from skipenv.augment import normalize
+from skipenv.checkpoint import save_checkpoint
+from skipenv.data import load_cifar10
+from skipenv.env import SkipNetEnv
+from skipenv.resnet import build_resnet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+compare = load_script("compare_agents")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "data"
+    write_folder(root / "train", per_class=20)  # 200 images: 180 train, 20 val
+    monkeypatch.setenv("SKIPNET_CACHE", str(tmp_path / "cache"))
+    return root
+
+
+@pytest.fixture
+def sp_checkpoint(tmp_path: Path, data_root: Path) -> Path:
+    """A tiny SP checkpoint whose gate (the authors' init, not the execute-all one) skips some
+    blocks and runs others on the synthetic val images."""
+    torch.manual_seed(0)
+    backbone = build_resnet(14, widths=(4, 8, 16)).eval()
+    gate = RNNGate(backbone.block_channels, init_execute_prob=None)
+    x = normalize(load_cifar10("val", data_root, progress=False).images)  # 20 x 3 x 32 x 32
+    with torch.no_grad():  # spread p(execute) out and centre it on 0.5 for these images
+        gate.proj.weight.mul_(20.0)
+        probs = backbone.forward_gated(x, gate, routing="masked").probs  # 20 x K
+        gate.proj.bias.sub_(torch.logit(probs).median())
+    model = SkipNet(backbone, gate)
+    payload = {
+        "kind": "sp",
+        "config": {},
+        "arch": model.arch(),
+        "model": backbone.state_dict(),
+        "gate": gate.state_dict(),
+    }
+    return save_checkpoint(tmp_path / "sp.pt", payload)
+
+
+def common_args(checkpoint: Path, root: Path) -> list[str]:
+    return [
+        "--checkpoint",
+        str(checkpoint),
+        "--data-dir",
+        str(root),
+        "--device",
+        "cpu",
+        "--num-envs",
+        "8",  # 20 val images: batches of 8, 8 and 4
+        "--no-progress",
+    ]
+
+
+def test_compare_on_sp_checkpoint(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out" / "compare.json"
+    results = compare.main([*common_args(sp_checkpoint, data_root), "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "gate agent == batched forward: True" in printed
+
+    saved = json.loads(out.read_text())
+    assert saved["num_images"] == 20 and saved["kind"] == "sp"
+    assert saved["gate_agent_equals_batched_forward"] is True
+    assert saved["gate_check"]["decisions_equal"] and saved["gate_check"]["predictions_equal"]
+    rows = {r["agent"]: r for r in saved["rows"]}
+    assert set(rows) == {
+        "GateAgent",
+        "AlwaysExecute",
+        "RandomSkip(p=0.9)",
+        "RandomSkip(p=0.75)",
+        "RandomSkip(p=0.5)",
+        "FixedPattern.skip_last(k=1)",
+        "FixedPattern.skip_last(k=2)",
+    }
+    for row in saved["rows"]:
+        assert set(row) == {
+            "agent",
+            "accuracy",
+            "flops_fraction",
+            "block_fraction",
+            "return",
+            "steps_per_s",
+        }
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert 0.0 < row["flops_fraction"] <= 1.0 + 1e-9
+        assert row["steps_per_s"] > 0
+    flops = [r["flops_fraction"] for r in saved["rows"]]
+    assert flops == sorted(flops)
+
+    full = rows["AlwaysExecute"]
+    assert full["block_fraction"] == 1.0
+    assert full["flops_fraction"] == pytest.approx(1.0)
+    gate = rows["GateAgent"]
+    assert 1 / 6 < gate["block_fraction"] < 1.0  # the gate really decides: some blocks skipped
+    assert gate["accuracy"] == saved["gate_check"]["accuracy_batched"]
+    # ResNet-14 has 2 blocks per stage: k=2 leaves block 0 only, k=1 blocks 0, 2, 4
+    assert rows["FixedPattern.skip_last(k=2)"]["block_fraction"] == pytest.approx(1 / 6)
+    assert rows["FixedPattern.skip_last(k=1)"]["block_fraction"] == pytest.approx(3 / 6)
+    # paper return: alpha * skipped fraction - cross-entropy; all executed -> no bonus
+    assert full["return"] < 0
+    assert results["rows"] == saved["rows"]
+
+
+def test_limit_and_sb3_recurrent_model(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path
+) -> None:
+    from sb3_contrib import RecurrentPPO
+
+    env = SkipNetEnv(checkpoint=sp_checkpoint, depth=14, data_root=data_root, split="val")
+    model = RecurrentPPO("MlpLstmPolicy", env, n_steps=8, batch_size=8, seed=0, device="cpu")
+    model.save(tmp_path / "rppo.zip")
+    results = compare.main(
+        [
+            *common_args(sp_checkpoint, data_root),
+            "--limit",
+            "6",
+            "--num-envs",
+            "4",
+            "--random-p",
+            "--skip-last",
+            "--sb3",
+            str(tmp_path / "rppo.zip"),
+            "--sb3-algo",
+            "recurrentppo",
+        ]
+    )
+    assert results["num_images"] == 6
+    names = {r["agent"] for r in results["rows"]}
+    assert names == {"GateAgent", "AlwaysExecute", "SB3:RecurrentPPO"}
+    assert results["gate_agent_equals_batched_forward"] is True
+    for row in results["rows"]:
+        assert 0.0 <= row["accuracy"] <= 1.0
+
+
+def test_missing_checkpoint_is_a_clear_error(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere" / "final.pt"
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main(common_args(missing, data_root))
+    assert exit_info.value.code == 2
+    assert f"no checkpoint at {missing}" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_says_what_to_do(
+    sp_checkpoint: Path,
+    data_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit):
+        compare.main([*common_args(sp_checkpoint, data_root), "--plot", str(tmp_path / "p.png")])
+    assert "--plot needs matplotlib" in capsys.readouterr().err
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_gate_check_reports_a_mismatch(sp_checkpoint: Path, data_root: Path) -> None:
+    _, backbone, gate = compare.load_models(sp_checkpoint, torch.device("cpu"))
+    data = load_cifar10("val", data_root, progress=False)
+    envs = compare.Envs(backbone, data, torch.device("cpu"), alpha=0.1)
+    env = envs.get("vector", 8)
+    agent = GateAgent(gate, env.single_observation_space, backbone.block_channels)
+    batches = [np.arange(0, 8), np.arange(8, 13)]
+    run = compare.run_agent("GateAgent", agent, envs, batches, progress=False)
+    assert run.executed.shape == (13, backbone.num_blocks)
+    assert compare.batched_forward_check(run, env, gate, batches)["equal"]
+    run.executed[3, 2] = not run.executed[3, 2]  # one other decision, one other prediction
+    run.prediction[5] = (run.prediction[5] + 1) % 10
+    check = compare.batched_forward_check(run, env, gate, batches)
+    assert not check["equal"] and not check["decisions_equal"]
+    assert check["images_with_other_decisions"] == 1
+    assert check["images_with_other_predictions"] == 1
+
+
+def test_sb3_model_of_another_backbone_is_refused(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stable_baselines3 import PPO
+
+    env = SkipNetEnv(depth=8, pretrained=False, data_root=data_root, split="val", obs_mode="dict")
+    PPO("MultiInputPolicy", env, n_steps=8, batch_size=8, device="cpu").save(tmp_path / "ppo")
+    with pytest.raises(SystemExit):
+        compare.main([*common_args(sp_checkpoint, data_root), "--sb3", str(tmp_path / "ppo")])
+    assert "trained on a backbone of another depth" in capsys.readouterr().err
