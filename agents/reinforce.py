@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from skipenv.gating import log_prob
 
-BASELINES = ("none", "mean")
+BASELINES = ("none", "mean", "greedy")
 
 
 def skip_rewards(
@@ -51,21 +51,30 @@ def reinforce_loss(
     execute: torch.Tensor,
     returns: torch.Tensor,
     baseline: str = "mean",
+    baseline_returns: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Policy-gradient loss ``-mean_b sum_k log pi(a_bk) (G_bk - b_k)``: a scalar.
+    """Policy-gradient loss ``-mean_b sum_k log pi(a_bk) (G_bk - b_bk)``: a scalar.
 
     Args:
         probs: B x K p(execute), differentiable w.r.t. the gate.
         execute: B x K bool, the sampled decisions.
         returns: B x K returns-to-go (no gradient).
-        baseline: ``none`` (the authors' plain REINFORCE) or ``mean`` (subtract the batch mean
-            of each decision's return: lower variance, same expected direction).
+        baseline: ``none`` (the authors' plain REINFORCE), ``mean`` (subtract the batch mean
+            of each decision's return) or ``greedy`` (subtract ``baseline_returns``, the
+            returns-to-go of the greedy route of the same image, as in self-critical
+            sequence training: the image's own difficulty cancels out of the advantage).
+            Each leaves the expected gradient unchanged and lowers its variance.
+        baseline_returns: B x K, for ``greedy``.
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choose one of {BASELINES}")
+    if (baseline == "greedy") != (baseline_returns is not None):
+        raise ValueError("baseline_returns must be given exactly when baseline='greedy'")
     advantage = returns.detach()  # B x K
     if baseline == "mean":
         advantage = advantage - advantage.mean(dim=0, keepdim=True)
+    elif baseline == "greedy":
+        advantage = advantage - baseline_returns.detach()
     logp = log_prob(probs, execute.bool())  # B x K
     return -(logp * advantage).sum(dim=1).mean()
 
@@ -80,6 +89,7 @@ def hybrid_loss(
     gamma: float = 1.0,
     rl_weight: float = 0.01,
     baseline: str = "mean",
+    greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SkipNet's hybrid objective: cross-entropy + ``rl_weight`` x REINFORCE on the gates.
 
@@ -88,6 +98,8 @@ def hybrid_loss(
         probs: B x K, p(execute) of each decision (differentiable w.r.t. the gate).
         executed: B x N bool, the blocks that ran (block 0 always; the rest are the decisions).
         labels: B int64.
+        greedy: for ``baseline="greedy"``, the logits and executed blocks of the greedy route
+            of the same images (computed without gradient).
 
     Returns:
         The loss to minimise, and the cross-entropy alone (for logging).
@@ -95,5 +107,9 @@ def hybrid_loss(
     ce = F.cross_entropy(logits.float(), labels)
     decisions = executed[:, 1:]  # B x K
     returns = returns_to_go(skip_rewards(decisions, logits, labels, alpha), gamma)  # B x K
-    pg = reinforce_loss(probs.float(), decisions, returns, baseline)
+    base = None
+    if greedy is not None:
+        g_logits, g_executed = greedy
+        base = returns_to_go(skip_rewards(g_executed[:, 1:], g_logits, labels, alpha), gamma)
+    pg = reinforce_loss(probs.float(), decisions, returns, baseline, base)
     return ce + rl_weight * pg, ce

@@ -64,8 +64,9 @@ class Args:
     """discount of the returns-to-go (1 in the authors' code)"""
     rl_weight: float = 0.1
     """scale of the REINFORCE term against the cross-entropy (authors: 0.01 over 10k steps)"""
-    baseline: str = "mean"
-    """REINFORCE baseline: mean (batch mean return per decision) or none (the authors')"""
+    baseline: str = "greedy"
+    """REINFORCE baseline: greedy (the returns of the image's greedy route, self-critical),
+    mean (batch mean return per decision) or none (the authors')"""
     explore: float = 0.0
     """sample from explore/2 + (1 - explore) * p, so every block is skipped and run at least
     explore/2 of the time while training (0: the authors' plain sampling)"""
@@ -230,6 +231,11 @@ def main(args: Args) -> dict:
         batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
         for x, y in distributed.shard(batches, dist):
             generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
+            greedy = None
+            if args.baseline == "greedy":  # the same images' greedy routes, no gradient
+                with torch.no_grad(), autocast(device, args.amp):
+                    g = model(x, mode="greedy", routing="skip")
+                greedy = (g.logits, g.executed)
             with autocast(device, args.amp):
                 out = net(
                     x, mode="sample", routing="skip", generator=generator, explore=args.explore
@@ -243,6 +249,7 @@ def main(args: Args) -> dict:
                 gamma=args.gamma,
                 rl_weight=args.rl_weight,
                 baseline=args.baseline,
+                greedy=greedy,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,59 @@
+"""REINFORCE pieces: the paper's rewards, returns-to-go, baselines."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.reinforce import hybrid_loss, reinforce_loss, returns_to_go, skip_rewards
+
+
+def test_skip_rewards_and_returns_by_hand() -> None:
+    execute = torch.tensor([[True, False, False], [False, True, True]])  # B x K
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    r = skip_rewards(execute, logits, labels, alpha=0.3)
+    ce = F.cross_entropy(logits, labels, reduction="none")
+    expected = torch.tensor([[0.0, 0.1, 0.1 - ce[0]], [0.1, 0.0, -ce[1]]])
+    torch.testing.assert_close(r, expected)
+    g = returns_to_go(r, gamma=0.5)
+    torch.testing.assert_close(g[:, 2], r[:, 2])
+    torch.testing.assert_close(g[:, 1], r[:, 1] + 0.5 * r[:, 2])
+    torch.testing.assert_close(g[:, 0], r[:, 0] + 0.5 * r[:, 1] + 0.25 * r[:, 2])
+
+
+def test_gradient_raises_the_probability_of_better_actions() -> None:
+    logit = torch.zeros(4, 1, requires_grad=True)
+    probs = torch.sigmoid(logit)  # B x 1
+    execute = torch.tensor([[True], [True], [False], [False]])
+    returns = torch.tensor([[1.0], [1.0], [-1.0], [-1.0]])  # executing paid off
+    for baseline in ("none", "mean"):
+        logit.grad = None
+        reinforce_loss(probs, execute, returns, baseline).backward(retain_graph=True)
+        assert (logit.grad[:2] < 0).all()  # descent raises p(execute) where it paid
+    logit.grad = None
+    reinforce_loss(probs, execute, returns, "greedy", returns).backward()
+    assert torch.count_nonzero(logit.grad) == 0  # no better than greedy: no push
+
+
+def test_greedy_baseline_needs_its_returns() -> None:
+    probs = torch.full((2, 3), 0.5)
+    execute = torch.ones(2, 3, dtype=torch.bool)
+    with pytest.raises(ValueError, match="baseline_returns"):
+        reinforce_loss(probs, execute, torch.zeros(2, 3), "greedy")
+    with pytest.raises(ValueError, match="unknown baseline"):
+        reinforce_loss(probs, execute, torch.zeros(2, 3), "median")
+
+
+def test_hybrid_loss_is_ce_plus_weighted_pg() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(8, 10)
+    probs = torch.rand(8, 4)
+    executed = torch.rand(8, 5) > 0.5
+    labels = torch.randint(0, 10, (8,))
+    loss, ce = hybrid_loss(logits, probs, executed, labels, alpha=0.1, rl_weight=0.0)
+    assert math.isclose(float(loss), float(ce))
+    assert math.isclose(float(ce), float(F.cross_entropy(logits, labels)), rel_tol=1e-6)
