@@ -4,7 +4,9 @@ An HRL step samples every gate decision and really skips the blocks not executed
 forward and backward touch only the executed blocks; a full-network step (train/base.py)
 runs every block. Both are timed at the same batch on the same backbone weights, with the
 gates of a trained SkipNet checkpoint (so the skip rate is the one that training reached),
-plus the SP step (masked: every block computed, gate on top) for reference.
+plus the SP step (masked: every block computed, gate on top) for reference. The HRL step is
+the one train/hybrid.py takes: exploration mixed into the sampling and, with the greedy
+baseline, one extra no-gradient forward of the greedy routes.
 
 Each round runs the three steps in a shuffled order, each once untimed and then timed; a
 step's ratio is the median over rounds of its time over the full step's time in that round.
@@ -43,7 +45,11 @@ def freeze_bn(model: torch.nn.Module) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="an sp or hrl checkpoint")
-    parser.add_argument("--alpha", type=float, default=0.1, help="HRL compute reward")
+    parser.add_argument("--alpha", type=float, default=3.0, help="HRL compute reward")
+    parser.add_argument("--explore", type=float, default=0.2, help="as train/hybrid.py")
+    parser.add_argument(
+        "--baseline", default="greedy", help="as train/hybrid.py (greedy adds a no-grad forward)"
+    )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
     parser.add_argument("--device", default="auto")
@@ -94,9 +100,24 @@ def main() -> None:
         opts["full"].step()
 
     def hrl_step() -> None:
+        greedy = None
+        if args.baseline == "greedy":
+            with torch.no_grad(), autocast(device, args.amp):
+                g = skipnet(x, mode="greedy", routing="skip")
+            greedy = (g.logits, g.executed)
         with autocast(device, args.amp):
-            out = skipnet(x, mode="sample", routing="skip", generator=generator)
-        loss, _ = hybrid_loss(out.logits, out.probs, out.executed, y, alpha=args.alpha)
+            out = skipnet(
+                x, mode="sample", routing="skip", generator=generator, explore=args.explore
+            )
+        loss, _ = hybrid_loss(
+            out.logits,
+            out.probs,
+            out.executed,
+            y,
+            alpha=args.alpha,
+            baseline=args.baseline,
+            greedy=greedy,
+        )
         opts["hrl"].zero_grad(set_to_none=True)
         loss.backward()
         opts["hrl"].step()
@@ -138,6 +159,8 @@ def main() -> None:
         "device": str(device),
         "threads": torch.get_num_threads(),
         "amp": args.amp,
+        "explore": args.explore,
+        "baseline": args.baseline,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "full_step_s": statistics.median(times["full"]),
