@@ -201,7 +201,7 @@ def test_bad_inputs_are_clear_errors(data_root: Path, sp_checkpoint: Path, tmp_p
         supervised.main(sp_args(data_root, tmp_path / "d", depth=14, init=base_ckpt))
 
 
-@pytest.mark.parametrize("script", ["supervised.py", "hybrid.py"])
+@pytest.mark.parametrize("script", ["base.py", "supervised.py", "hybrid.py"])
 def test_torchrun_two_cpu_processes(
     script: str, data_root: Path, sp_checkpoint: Path, tmp_path: Path
 ) -> None:

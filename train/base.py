@@ -17,7 +17,6 @@ continues with the same batches it would have seen.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import time
@@ -27,18 +26,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import tyro
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from skipenv import distributed
 from skipenv.augment import BatchLoader
-from skipenv.checkpoint import (
-    CheckpointError,
-    checkpoint_arch,
-    load_checkpoint,
-    save_checkpoint,
-)
+from skipenv.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.data import load_cifar10
-from skipenv.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.resnet import build_resnet
+from skipenv.runs import RunDir, config_dict, rng_state, set_rng_state
 
 
 @dataclass
@@ -98,16 +95,18 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
 
 
 def main(args: Args) -> dict[str, float]:
-    device = resolve_device(args.device)
+    dist = distributed.setup(args.device)
+    device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(args.seed)
+    run = RunDir(args.out, args.resume, writer=dist.is_main)
 
-    # data
-    train = load_cifar10(args.train_split, args.data_dir)
-    held = load_cifar10(args.eval_split, args.data_dir)
+    # data: every rank iterates the same global batches and keeps its rows
+    train = load_cifar10(args.train_split, args.data_dir, progress=dist.is_main)
+    held = load_cifar10(args.eval_split, args.data_dir, progress=dist.is_main)
     train_loader = BatchLoader(
         train,
         batch_size=args.batch_size,
@@ -122,6 +121,7 @@ def main(args: Args) -> dict[str, float]:
 
     # model, optimiser, schedule
     model = build_resnet(args.depth).to(device, memory_format=fmt)
+    net = DistributedDataParallel(model) if dist.enabled else model
     optimizer = torch.optim.SGD(
         model.parameters(),
         lr=args.lr,
@@ -141,28 +141,22 @@ def main(args: Args) -> dict[str, float]:
         "num_classes": 10,
         "widths": list(model.widths),
     }
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()}
+    config = config_dict(args)
 
     # resume
     step, wall_before = 0, 0.0  # steps and training seconds of earlier runs of this job
-    metrics_path, last_path = args.out / "metrics.jsonl", args.out / "last.pt"
     if args.resume:
-        ckpt = load_checkpoint(last_path, kinds=("base",), map_location=device)
+        ckpt = run.load_last(("base",), map_location=device)
         if checkpoint_arch(ckpt) != arch:
-            raise CheckpointError(f"{last_path} holds {ckpt['arch']}, but this run is {arch}")
+            raise CheckpointError(f"{run.last} holds {ckpt['arch']}, but this run is {arch}")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        torch.set_rng_state(ckpt["rng"]["torch"].cpu())
+        set_rng_state(ckpt["rng"])
         step, wall_before = ckpt["step"], ckpt["wall_s"]
-        _truncate_metrics(metrics_path, step)  # drop evaluations the checkpoint never saw
-    elif last_path.exists():
-        raise FileExistsError(f"{last_path} exists: pass --resume to continue it, or a new --out")
-    args.out.mkdir(parents=True, exist_ok=True)
 
-    def checkpoint(path: Path, metrics: dict | None = None) -> None:
-        save_checkpoint(
-            path,
+    def checkpoint(metrics: dict, final: bool = False) -> None:
+        run.save(
             {
                 "kind": "base",
                 "config": config,
@@ -170,27 +164,34 @@ def main(args: Args) -> dict[str, float]:
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state()},
+                "rng": rng_state(),
                 "step": step,
                 "epoch": step / steps_per_epoch,
-                "metrics": metrics or {},
+                "metrics": metrics,
                 "wall_s": wall_before + time.monotonic() - started,
             },
+            final=final,
         )
 
     # train
-    model.train()
-    last_save, started, metrics = time.monotonic(), time.monotonic(), {}
+    net.train()
+    started, metrics = time.monotonic(), {}
     end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    bar = tqdm(total=end, initial=step, disable=not args.progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(
+        total=end,
+        initial=step,
+        disable=not (args.progress and dist.is_main),
+        unit="step",
+        dynamic_ncols=True,
+    )
     while step < end:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         train_loader.set_epoch(epoch)
         batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
         correct = seen = 0
-        for x, y in batches:
+        for x, y in distributed.shard(batches, dist):
             with autocast(device, args.amp):
-                logits = model(x)  # B x 10
+                logits = net(x)  # B x 10
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -208,34 +209,27 @@ def main(args: Args) -> dict[str, float]:
             )
             if step >= end:
                 break
-            if time.monotonic() - last_save > 60 * args.checkpoint_minutes:
-                checkpoint(last_path)
-                last_save = time.monotonic()
+            if run.due(args.checkpoint_minutes):
+                checkpoint(metrics)
         if step % steps_per_epoch == 0 or step == end:
-            metrics = {
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                **{f"{args.eval_split}_{k}": v for k, v in evaluate(model, eval_loader).items()},
+            metrics = {"step": step, "epoch": step / steps_per_epoch}
+            if dist.is_main:
+                held_out = evaluate(model, eval_loader)
+                metrics |= {f"{args.eval_split}_{k}": v for k, v in held_out.items()}
+            metrics |= {
                 "train_accuracy": correct / max(seen, 1),
                 "wall_s": wall_before + time.monotonic() - started,
             }
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            bar.write(json.dumps(metrics))
-            checkpoint(last_path, metrics)
-            last_save = time.monotonic()
+            distributed.barrier(dist)
+            run.log(metrics)
+            if dist.is_main:
+                bar.write(json.dumps(metrics))
+            checkpoint(metrics)
     bar.close()
     if step == total_steps:
-        checkpoint(args.out / "final.pt", metrics)
+        checkpoint(metrics, final=True)
+    distributed.teardown(dist)
     return metrics
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Keep only the evaluations made at or before ``step``."""
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in kept))
 
 
 if __name__ == "__main__":

@@ -186,6 +186,7 @@ def main(args: Args) -> dict:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
     )
+    full_macs = model.backbone.flops_table().full  # per image, plain network
     steps_per_epoch = len(train_loader)
     total_steps = max(1, round(args.epochs * steps_per_epoch))
     eval_every = args.eval_every or steps_per_epoch
@@ -268,6 +269,7 @@ def main(args: Args) -> dict:
                 ce=f"{ce.item():.3f}",
                 acc=f"{correct / seen:.3f}",
                 blocks=f"{executed_sum / seen:.3f}",
+                flops=f"{float(out.macs.double().mean()) / full_macs:.3f}",
                 p=f"{out.probs.mean().item():.3f}",
             )
             if step % eval_every == 0 or step == end:

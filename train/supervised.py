@@ -140,6 +140,7 @@ def main(args: Args) -> dict:
         nesterov=True,
         weight_decay=args.weight_decay,
     )
+    full_macs = model.backbone.flops_table().full  # per image, plain network
     steps_per_epoch = len(train_loader)
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -211,6 +212,7 @@ def main(args: Args) -> dict:
                 loss=f"{loss.item():.3f}",
                 acc=f"{correct / seen:.3f}",
                 blocks=f"{executed / seen:.3f}",
+                flops=f"{float(out.macs.double().mean()) / full_macs:.3f}",
             )
             if step >= end:
                 break
