@@ -90,4 +90,3 @@ def evaluate_gated(
         "images_per_s": n / seconds if seconds > 0 else float("nan"),
         "num_images": n,
     }
-

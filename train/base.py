@@ -32,22 +32,19 @@ from tqdm.auto import tqdm
 from skipenv import distributed
 from skipenv.augment import BatchLoader
 from skipenv.checkpoint import CheckpointError, checkpoint_arch
-from skipenv.data import load_cifar10
 from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.resnet import build_resnet
-from skipenv.runs import RunDir, config_dict, rng_state, set_rng_state
+from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     out: Path = Path("runs/base")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl"""
     depth: int = 38
     """CIFAR ResNet depth, 6n + 2 (20, 32, 38, 44, 56, 74, 110, 152; 8 and 14 for tests)"""
     epochs: int = 30
     """passes over the training split (the authors' GPU recipe is about 182)"""
-    batch_size: int = 128
-    """images per SGD step"""
     lr: float = 0.1
     """peak learning rate of the one-cycle schedule"""
     warmup_fraction: float = 0.15
@@ -56,28 +53,6 @@ class Args:
     """SGD momentum (Nesterov)"""
     weight_decay: float = 5e-4
     """L2 weight decay (the authors use 1e-4 with their 6x longer schedule)"""
-    train_split: str = "train"
-    """split to train on: train (45,000) or train-full (50,000)"""
-    eval_split: str = "val"
-    """split evaluated after each epoch (val: the fixed 5,000 held out of train)"""
-    data_dir: str | None = None
-    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda"""
-    seed: int = 0
-    """seeds the weights, the batch order and the augmentation"""
-    channels_last: bool = True
-    """NHWC memory format (about 2.7x faster convs on this project's CPUs)"""
-    amp: str = "none"
-    """mixed precision: none, bf16 (about 1.5x faster steps on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
-    checkpoint_minutes: float = 5.0
-    """minutes between checkpoints within an epoch (one is also written at each epoch's end)"""
-    resume: bool = False
-    """continue from OUT/last.pt instead of starting afresh"""
-    max_steps: int | None = None
-    """stop after this many steps in all (smoke tests); the schedule still spans all epochs"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
@@ -105,19 +80,7 @@ def main(args: Args) -> dict[str, float]:
     run = RunDir(args.out, args.resume, writer=dist.is_main)
 
     # data: every rank iterates the same global batches and keeps its rows
-    train = load_cifar10(args.train_split, args.data_dir, progress=dist.is_main)
-    held = load_cifar10(args.eval_split, args.data_dir, progress=dist.is_main)
-    train_loader = BatchLoader(
-        train,
-        batch_size=args.batch_size,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        device=device,
-        seed=args.seed,
-        channels_last=args.channels_last,
-    )
-    eval_loader = BatchLoader(held, batch_size=500, device=device, channels_last=args.channels_last)
+    train_loader, eval_loader = cifar_loaders(args, device, dist.is_main)
 
     # model, optimiser, schedule
     model = build_resnet(args.depth).to(device, memory_format=fmt)

@@ -47,16 +47,14 @@ from tqdm.auto import tqdm
 from agents.reinforce import BASELINES, hybrid_loss
 from agents.skipnet import load_skipnet
 from skipenv import distributed
-from skipenv.augment import BatchLoader
 from skipenv.checkpoint import CheckpointError, checkpoint_arch
-from skipenv.data import load_cifar10
 from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
-from skipenv.runs import RunDir, config_dict, rng_state, set_rng_state
+from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     out: Path = Path("runs/hrl")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl (and sp/ when SP runs first)"""
     sp: Path | None = None
@@ -76,8 +74,6 @@ class Args:
     explore/2 of the time while training (0: the authors' plain sampling)"""
     epochs: float = 2.0
     """passes over the training split (the authors' recipe is about 28)"""
-    batch_size: int = 128
-    """images per step (the global batch under torchrun)"""
     lr: float = 1e-3
     """learning rate of the backbone (constant; the authors use 1e-4 over 10k steps)"""
     gate_lr: float = 0.02
@@ -90,28 +86,6 @@ class Args:
     """keep batch-norm statistics from SP fixed during HRL (see the module docstring)"""
     eval_every: int = 0
     """evaluate (and log) every this many steps; 0: at each epoch's end"""
-    train_split: str = "train"
-    """split to train on: train (45,000) or train-full (50,000)"""
-    eval_split: str = "val"
-    """split evaluated during training (val: the fixed 5,000 held out of train)"""
-    data_dir: str | None = None
-    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda"""
-    seed: int = 0
-    """seeds the batch order, the augmentation and the sampled gate decisions"""
-    channels_last: bool = True
-    """NHWC memory format (faster convs on CPUs)"""
-    amp: str = "none"
-    """mixed precision: none, bf16 (faster on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
-    checkpoint_minutes: float = 5.0
-    """minutes between checkpoints (one is also written at each evaluation)"""
-    resume: bool = False
-    """continue from OUT/last.pt instead of starting afresh"""
-    max_steps: int | None = None
-    """stop after this many steps in all (smoke tests)"""
-    progress: bool = True
-    """show a progress bar"""
     pretrain: supervised.Args = field(default_factory=supervised.Args)
     """the SP stage run first when --sp is not given (its out, data, device, seed and resume
     are taken from this run)"""
@@ -158,19 +132,7 @@ def main(args: Args) -> dict:
     run = RunDir(args.out, args.resume, writer=dist.is_main)
 
     # data
-    train = load_cifar10(args.train_split, args.data_dir, progress=dist.is_main)
-    held = load_cifar10(args.eval_split, args.data_dir, progress=dist.is_main)
-    train_loader = BatchLoader(
-        train,
-        batch_size=args.batch_size,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        device=device,
-        seed=args.seed,
-        channels_last=args.channels_last,
-    )
-    eval_loader = BatchLoader(held, batch_size=500, device=device, channels_last=args.channels_last)
+    train_loader, eval_loader = cifar_loaders(args, device, dist.is_main)
 
     # model: the SP network (or the checkpoint being resumed)
     model = load_skipnet(run.last if args.resume else sp_path, map_location=device)

@@ -34,17 +34,15 @@ from tqdm.auto import tqdm
 from agents.gates import GATE_TYPES, build_gate
 from agents.skipnet import SkipNet
 from skipenv import distributed
-from skipenv.augment import BatchLoader
 from skipenv.checkpoint import CheckpointError, checkpoint_arch, load_backbone
-from skipenv.data import load_cifar10
 from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
 from skipenv.resnet import build_resnet
-from skipenv.runs import RunDir, config_dict, rng_state, set_rng_state
+from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
 
 
 @dataclass
-class Args:
+class Args(RunArgs):
     out: Path = Path("runs/sp")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl"""
     init: Path | None = None
@@ -57,8 +55,6 @@ class Args:
     """hard (straight-through 0/1 gates) or soft (block output scaled by p)"""
     epochs: int = 4
     """passes over the training split (the authors' from-scratch recipe is about 182)"""
-    batch_size: int = 128
-    """images per SGD step (the global batch under torchrun)"""
     lr: float = 0.02
     """peak learning rate of the backbone (one-cycle schedule); use 0.1 from scratch"""
     gate_lr: float = 0.1
@@ -69,28 +65,6 @@ class Args:
     """SGD momentum (Nesterov)"""
     weight_decay: float = 5e-4
     """L2 weight decay of the backbone and the gate"""
-    train_split: str = "train"
-    """split to train on: train (45,000) or train-full (50,000)"""
-    eval_split: str = "val"
-    """split evaluated after each epoch (val: the fixed 5,000 held out of train)"""
-    data_dir: str | None = None
-    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda"""
-    seed: int = 0
-    """seeds the gate's weights, the batch order and the augmentation"""
-    channels_last: bool = True
-    """NHWC memory format (faster convs on CPUs)"""
-    amp: str = "none"
-    """mixed precision: none, bf16 (faster on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
-    checkpoint_minutes: float = 5.0
-    """minutes between checkpoints within an epoch (one is also written at each evaluation)"""
-    resume: bool = False
-    """continue from OUT/last.pt instead of starting afresh"""
-    max_steps: int | None = None
-    """stop after this many steps in all (smoke tests); the schedule still spans all epochs"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def main(args: Args) -> dict:
@@ -108,19 +82,7 @@ def main(args: Args) -> dict:
     run = RunDir(args.out, args.resume, writer=dist.is_main)
 
     # data: every rank iterates the same global batches and keeps its rows
-    train = load_cifar10(args.train_split, args.data_dir, progress=dist.is_main)
-    held = load_cifar10(args.eval_split, args.data_dir, progress=dist.is_main)
-    train_loader = BatchLoader(
-        train,
-        batch_size=args.batch_size,
-        shuffle=True,
-        augment=True,
-        drop_last=True,
-        device=device,
-        seed=args.seed,
-        channels_last=args.channels_last,
-    )
-    eval_loader = BatchLoader(held, batch_size=500, device=device, channels_last=args.channels_last)
+    train_loader, eval_loader = cifar_loaders(args, device, dist.is_main)
 
     # model: a backbone (plain checkpoint or fresh) and a fresh gate
     if args.init is not None and not args.resume:
