@@ -12,7 +12,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from skipenv.data import CifarSplit
-from skipenv.episode import Episodes, Obs, make_episodes
+from skipenv.episode import EpisodeFacts, Episodes, Obs, make_episodes
 from skipenv.render import ansi_line, rgb_frame
 from skipenv.resnet import SkipResNet
 
@@ -31,7 +31,7 @@ def info_row(info: dict[str, np.ndarray], i: int = 0) -> dict[str, Any]:
     return {key: value[i].item() if value.ndim == 1 else value[i] for key, value in info.items()}
 
 
-class SkipNetEnv(gym.Env):
+class SkipNetEnv(EpisodeFacts, gym.Env):
     """Route one CIFAR-10 image through a frozen ResNet, deciding block by block whether to run it.
 
     ## Description
@@ -125,12 +125,14 @@ class SkipNetEnv(gym.Env):
     - ``split``: CIFAR-10 split to draw images from (``train``, ``val``, ``train-full``,
       ``test``), read with :func:`skipenv.data.load_cifar10` from ``data_root``.
     - ``depth``: ResNet depth; a checkpoint of another depth is a ``CheckpointError``.
-    - ``checkpoint``: path of a base, sp or hrl checkpoint holding the backbone.
+    - ``checkpoint``: the backbone's base, sp or hrl checkpoint: the name of a shipped
+      pretrained model (``skipenv.list_pretrained()``) or a file path.
     - ``backbone``: a :class:`~skipenv.resnet.SkipResNet` used as is (its depth wins); the
       environment moves it to ``device``, puts it in eval mode and freezes it.
-    - ``pretrained``: with neither of the two, load the shipped pretrained backbone (none
-      ships yet: a ``ValueError`` says what to pass) or, if False, use random weights from
-      a fixed seed.
+    - ``pretrained``: with neither of the two, load the shipped pretrained backbone of
+      ``depth`` (the registry's ``default_for_depth`` entry, see :mod:`skipenv.pretrained`;
+      where none ships, a ``ValueError`` says what to pass) or, if False, use random weights
+      from a fixed seed.
     - ``data``: a :class:`~skipenv.data.CifarSplit` used instead of loading ``split``.
     - ``data_root``: data root for loading (default ``$SKIPNET_DATA`` or the user cache).
     - ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
@@ -186,28 +188,6 @@ class SkipNetEnv(gym.Env):
         self._started = False
 
     # -- facts
-
-    @property
-    def backbone(self) -> SkipResNet:
-        return self.episodes.backbone
-
-    @property
-    def data(self) -> CifarSplit:
-        return self.episodes.data
-
-    @property
-    def device(self) -> torch.device:
-        return self.episodes.device
-
-    @property
-    def num_blocks(self) -> int:
-        """N: blocks of the backbone."""
-        return self.episodes.num_blocks
-
-    @property
-    def num_decisions(self) -> int:
-        """K = N - 1: steps per episode."""
-        return self.episodes.num_decisions
 
     def action_masks(self) -> np.ndarray:
         """Both actions are always valid (for MaskablePPO): ``[True, True]``."""

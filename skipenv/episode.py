@@ -30,6 +30,12 @@ from skipenv.augment import normalize
 from skipenv.checkpoint import load_backbone
 from skipenv.data import CifarSplit, load_cifar10
 from skipenv.devices import resolve_device
+from skipenv.pretrained import (
+    default_pretrained,
+    list_pretrained,
+    pretrained_path,
+    resolve_checkpoint,
+)
 from skipenv.resnet import Route, SkipResNet, build_resnet
 
 OBS_MODES: tuple[str, ...] = ("vector", "activation", "dict")
@@ -45,9 +51,15 @@ Obs = np.ndarray | dict[str, np.ndarray]
 
 
 def _default_checkpoint(depth: int) -> Path:
-    """The shipped pretrained backbone of ``depth``. None ships yet, so this always raises."""
+    """The shipped pretrained backbone of ``depth``: the registry's ``default_for_depth`` entry
+    (:func:`skipenv.pretrained.default_pretrained`); a ValueError says what to pass if none."""
+    name = default_pretrained(depth)
+    if name is not None:
+        return pretrained_path(name)
+    shipped = list_pretrained()
+    listed = f"; shipped models (checkpoint=NAME): {', '.join(shipped)}" if shipped else " yet"
     raise ValueError(
-        f"no pretrained ResNet-{depth} backbone ships with skipnet-gym yet; pass "
+        f"no pretrained ResNet-{depth} backbone ships with skipnet-gym{listed}. Pass "
         "checkpoint=PATH (a base, sp or hrl checkpoint, e.g. one written by train/base.py) "
         "or backbone=MODEL, or pretrained=False for random weights"
     )
@@ -67,8 +79,9 @@ def resolve_backbone(
     backbone: SkipResNet | None,
     pretrained: bool,
 ) -> SkipResNet:
-    """The backbone an environment routes through: ``backbone`` as is, else ``checkpoint``,
-    else the shipped pretrained one (``pretrained=True``) or random weights."""
+    """The backbone an environment routes through: ``backbone`` as is, else ``checkpoint`` (a
+    path, or the name of a shipped model), else the shipped default for ``depth``
+    (``pretrained=True``) or random weights."""
     if backbone is not None:
         if checkpoint is not None:
             raise ValueError(
@@ -80,7 +93,7 @@ def resolve_backbone(
             )
         return backbone
     if checkpoint is not None:
-        return load_backbone(checkpoint, depth=depth)
+        return load_backbone(resolve_checkpoint(checkpoint), depth=depth)
     if pretrained:
         return load_backbone(_default_checkpoint(depth), depth=depth)
     return random_backbone(depth)
@@ -384,3 +397,31 @@ def make_episodes(
         lam=lam,
         channels_last=channels_last,
     )
+
+
+class EpisodeFacts:
+    """Read-only facts of an env that runs its episodes through ``self.episodes``."""
+
+    episodes: Episodes
+
+    @property
+    def backbone(self) -> SkipResNet:
+        return self.episodes.backbone
+
+    @property
+    def data(self) -> CifarSplit:
+        return self.episodes.data
+
+    @property
+    def device(self) -> torch.device:
+        return self.episodes.device
+
+    @property
+    def num_blocks(self) -> int:
+        """N: blocks of the backbone."""
+        return self.episodes.num_blocks
+
+    @property
+    def num_decisions(self) -> int:
+        """K = N - 1: steps per episode."""
+        return self.episodes.num_decisions

@@ -15,7 +15,7 @@ from gymnasium.vector.utils import batch_space
 
 from skipenv.data import CifarSplit
 from skipenv.env import RENDER_MODES, render_episode, row
-from skipenv.episode import Episodes, Obs, make_episodes
+from skipenv.episode import EpisodeFacts, Episodes, Obs, make_episodes
 from skipenv.resnet import SkipResNet
 
 
@@ -27,7 +27,7 @@ def with_masks(info: dict[str, np.ndarray], num_envs: int) -> dict[str, np.ndarr
     return out
 
 
-class SkipNetVectorEnv(gym.vector.VectorEnv):
+class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
     """``num_envs`` SkipNet-CIFAR10-v0 episodes, batched on the device.
 
     Observations, actions, rewards, episode end and info keys are those of
@@ -110,26 +110,6 @@ class SkipNetVectorEnv(gym.vector.VectorEnv):
         )
 
     # -- facts
-
-    @property
-    def backbone(self) -> SkipResNet:
-        return self.episodes.backbone
-
-    @property
-    def data(self) -> CifarSplit:
-        return self.episodes.data
-
-    @property
-    def device(self) -> torch.device:
-        return self.episodes.device
-
-    @property
-    def num_blocks(self) -> int:
-        return self.episodes.num_blocks
-
-    @property
-    def num_decisions(self) -> int:
-        return self.episodes.num_decisions
 
     def action_masks(self) -> np.ndarray:
         """Both actions are always valid (for MaskablePPO): ``num_envs x 2`` True."""
