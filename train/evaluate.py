@@ -2,6 +2,10 @@
 
     python train/evaluate.py --checkpoint runs/hrl38/final.pt --split val
     python train/evaluate.py --checkpoint runs/base38/final.pt --split val --json base.json
+    python train/evaluate.py --checkpoint NAME --split val  # NAME: a shipped model
+
+``--checkpoint`` takes a path or the name of a shipped pretrained model
+(``python -m skipenv.pretrained list``).
 
 Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Reported:
 ``accuracy`` (top-1), ``flops_fraction`` (MACs run, gates and shortcuts included, over the
@@ -24,12 +28,14 @@ from skipenv.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
 from skipenv.data import load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
+from skipenv.pretrained import resolve_checkpoint
 
 
 @dataclass
 class Args:
-    checkpoint: Path
-    """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py"""
+    checkpoint: str
+    """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py, or the name
+    of a shipped pretrained model (python -m skipenv.pretrained list)"""
     split: str = "val"
     """split to evaluate: val (the 5,000 held out of train), test, train or train-full"""
     data_dir: str | None = None
@@ -48,7 +54,8 @@ def main(args: Args) -> dict:
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    payload = load_checkpoint(args.checkpoint, kinds=BACKBONE_KINDS, map_location=device)
+    path = resolve_checkpoint(args.checkpoint)  # a shipped name or a path
+    payload = load_checkpoint(path, kinds=BACKBONE_KINDS, map_location=device)
     if payload["kind"] in SKIPNET_KINDS:
         model = load_skipnet(payload, map_location=device)
         backbone, gate = model.backbone, model.gate
