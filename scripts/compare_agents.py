@@ -55,6 +55,7 @@ from skipenv.checkpoint import BACKBONE_KINDS, CheckpointError, load_backbone, l
 from skipenv.data import SPLITS, CifarSplit, DataError, load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.gating import Gate
+from skipenv.pretrained import resolve_checkpoint
 from skipenv.resnet import SkipResNet
 from skipenv.vector_env import SkipNetVectorEnv
 
@@ -355,9 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--checkpoint",
-        type=Path,
+        type=str,
         required=True,
-        help="a base, sp or hrl checkpoint: the env's backbone; an sp/hrl gate is also an agent",
+        help="a base, sp or hrl checkpoint (path or shipped name): the env's backbone; an "
+        "sp/hrl gate is also an agent",
     )
     parser.add_argument(
         "--split", default="val", choices=SPLITS, help="CIFAR-10 split (default: val)"
@@ -430,8 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_models(path: Path, device: torch.device) -> tuple[dict[str, Any], SkipResNet, Gate | None]:
+def load_models(
+    name_or_path: str | Path, device: torch.device
+) -> tuple[dict[str, Any], SkipResNet, Gate | None]:
     """The checkpoint's payload, backbone and gate (None for a base checkpoint)."""
+    path = resolve_checkpoint(str(name_or_path))
     payload = load_checkpoint(path, kinds=BACKBONE_KINDS, map_location=device)
     if payload["kind"] in SKIPNET_KINDS:
         model = load_skipnet(payload, map_location=device)
@@ -539,7 +544,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot is not None:
-        title = f"{args.checkpoint.name}: ResNet-{backbone.depth} on {args.split} ({n} images)"
+        name = Path(args.checkpoint).name
+        title = f"{name}: ResNet-{backbone.depth} on {args.split} ({n} images)"
         plot(rows, args.plot, title)
     return results
 
