@@ -69,6 +69,13 @@ class SkipNet(nn.Module):
         }
 
 
+def freeze_batch_norm(model: nn.Module) -> None:
+    """Put every batch-norm layer in eval mode: running statistics used, never updated."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def build_skipnet(arch: dict[str, Any]) -> SkipNet:
     """An untrained SkipNet of the backbone and gate that ``arch`` describes."""
     from skipenv.resnet import build_resnet

@@ -30,16 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from agents.reinforce import hybrid_loss
-from agents.skipnet import load_skipnet
+from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
 from skipenv.devices import autocast, resolve_device, tune_cpu_allocator
-
-
-def freeze_bn(model: torch.nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def main() -> None:
@@ -87,7 +81,7 @@ def main() -> None:
     plain.train()
     masked.train()
     skipnet.train()
-    freeze_bn(skipnet)  # as train/hybrid.py does by default
+    freeze_batch_norm(skipnet)  # as train/hybrid.py does by default
     sampled: list[tuple[float, float]] = []  # (block fraction, FLOPs fraction) per HRL step
     full_macs = skipnet.backbone.flops_table().full
 

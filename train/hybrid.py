@@ -40,12 +40,11 @@ from pathlib import Path
 import supervised  # train/supervised.py: the SP stage, run first when --sp is not given
 import torch
 import tyro
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from agents.reinforce import BASELINES, hybrid_loss
-from agents.skipnet import load_skipnet
+from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv import distributed
 from skipenv.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.devices import autocast, tune_cpu_allocator
@@ -107,13 +106,6 @@ def run_pretraining(args: Args) -> Path:
             )
         )
     return sp_out / "final.pt"
-
-
-def freeze_batch_norm(model: nn.Module) -> None:
-    """Put every batch-norm layer in eval mode: running statistics used, never updated."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 def main(args: Args) -> dict:
