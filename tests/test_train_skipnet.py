@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import signal
@@ -116,13 +117,15 @@ def test_hybrid_runs_sp_first_when_no_sp_checkpoint(data_root: Path, tmp_path: P
     assert load_checkpoint(tmp_path / "hrl" / "last.pt", kinds=("hrl",))["step"] == 2
 
 
-@pytest.mark.parametrize("stage", ["sp", "hrl"])
+@pytest.mark.parametrize("stage", ["sp", "hrl", "hrl-cosine"])
 def test_resume_gives_identical_weights(
     stage: str, data_root: Path, sp_checkpoint: Path, tmp_path: Path
 ) -> None:
     def args(out: Path, **kw):
         if stage == "sp":
             return sp_args(data_root, out, **kw)
+        if stage == "hrl-cosine":
+            kw["schedule"] = "cosine"
         return hrl_args(data_root, out, sp_checkpoint, **kw)
 
     module = supervised if stage == "sp" else hybrid
@@ -165,6 +168,23 @@ def test_hybrid_resumes_after_a_kill(data_root: Path, sp_checkpoint: Path, tmp_p
             torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=key)
     steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no evaluation logged twice
+
+
+def test_cosine_schedule_decays_to_zero(
+    data_root: Path, sp_checkpoint: Path, tmp_path: Path
+) -> None:
+    assert hybrid.lr_scale("constant", 7, 10) == 1.0
+    scales = [hybrid.lr_scale("cosine", s, 10) for s in range(10)]
+    assert scales[0] == 1.0 and scales[5] == pytest.approx(0.5) and 0 < scales[-1] < 0.03
+    assert all(a > b for a, b in itertools.pairwise(scales))
+    args = hrl_args(data_root, tmp_path / "cos", sp_checkpoint, schedule="cosine")
+    hybrid.main(args)
+    ckpt = load_checkpoint(tmp_path / "cos" / "final.pt")
+    last = hybrid.lr_scale("cosine", ckpt["step"] - 1, ckpt["step"])  # the last step's factor
+    lrs = [g["lr"] for g in ckpt["optimizer"]["param_groups"]]
+    assert lrs == pytest.approx([args.lr * last, args.gate_lr * last])
+    with pytest.raises(ValueError, match="unknown --schedule 'step'"):
+        hybrid.main(hrl_args(data_root, tmp_path / "bad", sp_checkpoint, schedule="step"))
 
 
 def test_large_alpha_raises_skipping(data_root: Path, sp_checkpoint: Path, tmp_path: Path) -> None:

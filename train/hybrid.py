@@ -33,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,9 +75,12 @@ class Args(RunArgs):
     epochs: float = 2.0
     """passes over the training split (the authors' recipe is about 28)"""
     lr: float = 1e-3
-    """learning rate of the backbone (constant; the authors use 1e-4 over 10k steps)"""
+    """learning rate of the backbone (the authors use 1e-4 over 10k steps)"""
     gate_lr: float = 0.02
-    """learning rate of the gate (constant)"""
+    """learning rate of the gate"""
+    schedule: str = "constant"
+    """learning-rate schedule of both groups: constant, or cosine (from lr down to 0 at the
+    last step; for the last stage of an alpha curriculum)"""
     momentum: float = 0.9
     """SGD momentum"""
     weight_decay: float = 1e-4
@@ -108,7 +112,19 @@ def run_pretraining(args: Args) -> Path:
     return sp_out / "final.pt"
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_scale(schedule: str, step: int, total_steps: int) -> float:
+    """Factor on the base learning rates for the step about to be taken (step 0 first)."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))  # cosine: 1 -> 0
+
+
 def main(args: Args) -> dict:
+    if args.schedule not in SCHEDULES:
+        raise ValueError(f"unknown --schedule {args.schedule!r}; choose one of {SCHEDULES}")
     if args.baseline not in BASELINES:
         raise ValueError(f"unknown --baseline {args.baseline!r}; choose one of {BASELINES}")
     if args.alpha < 0 or not 0 <= args.gamma <= 1:
@@ -212,6 +228,9 @@ def main(args: Args) -> dict:
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            scale = lr_scale(args.schedule, step, total_steps)
+            for group, base_lr in zip(optimizer.param_groups, (args.lr, args.gate_lr), strict=True):
+                group["lr"] = base_lr * scale
             optimizer.step()
             step += 1
             correct += int((out.logits.argmax(dim=1) == y).sum())
@@ -225,6 +244,7 @@ def main(args: Args) -> dict:
                 blocks=f"{executed_sum / seen:.3f}",
                 flops=f"{float(out.macs.double().mean()) / full_macs:.3f}",
                 p=f"{out.probs.mean().item():.3f}",
+                lr=f"{args.lr * scale:.2g}",
             )
             if step % eval_every == 0 or step == end:
                 metrics = {"step": step, "epoch": step / steps_per_epoch}
