@@ -197,6 +197,7 @@ def test_registered_file_missing_from_the_install(tmp_path: Path, monkeypatch) -
         ([entry(BASE, "base", False, file="sub/x.pt")], "file must be"),
         ([entry("bad name", "base", False)], "name must be"),
         ([entry(BASE, "base", False, val_accuracy=91.5)], "val_accuracy must be a fraction"),
+        ([entry(BASE, "base", False, flops_fraction=70.3)], r"flops_fraction .* in \[0, 2\]"),
         ([entry(BASE, "base", False, default_for_depth="yes")], "default_for_depth"),
         ([entry(BASE, "base", False), entry(BASE, "sp", False)], "more than once"),
         ([entry(BASE, "base", True), entry(SP, "sp", True)], "keep one"),
@@ -376,6 +377,20 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
         assert by_name[key] == by_path[key], key
     with pytest.raises(CheckpointError, match=f"shipped: {BASE}, {SP}"):
         run("tiny14-hrl")
+    assert by_path["card_match"] is None  # a path has no card
+    assert by_name["card_match"] is False  # the fixture's entry holds made-up numbers
+
+    # an entry holding the measured numbers is reproduced; one off by 0.0001 is not
+    measured = {"val_accuracy": by_name["accuracy"]} | {
+        k: by_name[k] for k in ("flops_fraction", "block_fraction")
+    }
+    folder = write_registry(tmp_path / "card", [entry(SP, "sp", True, **measured)])
+    (folder / f"{SP}.pt").write_bytes((shipped / f"{SP}.pt").read_bytes())
+    monkeypatch.setenv(ENV_DIR, str(folder))
+    assert run(SP)["card_match"] is True
+    off = measured | {"flops_fraction": measured["flops_fraction"] + 1e-4}
+    write_registry(folder, [entry(SP, "sp", True, **off)])
+    assert run(SP)["card_match"] is False
 
 
 # ---------------------------------------------------------------------------- the real registry

@@ -11,6 +11,9 @@ Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Re
 ``accuracy`` (top-1), ``flops_fraction`` (MACs run, gates and shortcuts included, over the
 full plain network's), ``block_fraction`` (the paper's computation percentage: executed blocks
 over all blocks), per-block ``skip_rates``, and ``images_per_s`` (forward passes only).
+
+For a shipped model on ``val`` the three numbers are also checked against its registry entry
+(the model card's numbers), to 4 decimals: ``card_match`` in the results.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from skipenv.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
 from skipenv.data import load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
-from skipenv.pretrained import resolve_checkpoint
+from skipenv.pretrained import list_pretrained, pretrained_info, resolve_checkpoint
 
 
 @dataclass
@@ -48,6 +51,25 @@ class Args:
     """NHWC memory format (faster convs on CPUs)"""
     json: Path | None = None
     """also write the results to this JSON file"""
+
+
+#: results key -> registry (model card) key
+CARD_METRICS = {
+    "accuracy": "val_accuracy",
+    "flops_fraction": "flops_fraction",
+    "block_fraction": "block_fraction",
+}
+
+
+def card_match(checkpoint: str, split: str, results: dict) -> bool | None:
+    """Whether a shipped model's val results equal its registry entry to 4 decimals (None for
+    a path, another split or an entry without numbers)."""
+    if split != "val" or checkpoint not in list_pretrained():
+        return None
+    card = pretrained_info(checkpoint)
+    if any(card[key] is None for key in CARD_METRICS.values()):
+        return None
+    return all(round(results[k], 4) == round(card[c], 4) for k, c in CARD_METRICS.items())
 
 
 def main(args: Args) -> dict:
@@ -82,6 +104,10 @@ def main(args: Args) -> dict:
         f"{results['images_per_s']:.0f} images/s"
     )
     print("skip rate per block:", " ".join(f"{r:.2f}" for r in results["skip_rates"]))
+    results["card_match"] = card_match(str(args.checkpoint), args.split, results)
+    if results["card_match"] is not None:
+        verdict = "reproduced" if results["card_match"] else "NOT reproduced"
+        print(f"model card (skipenv/weights/registry.json) numbers: {verdict}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
