@@ -22,6 +22,7 @@ from skipenv.checkpoint import (
     load_checkpoint,
 )
 from skipenv.gating import Gate
+from skipenv.pretrained import resolve_checkpoint
 from skipenv.resnet import GatedOutput, SkipResNet
 
 #: Checkpoint kinds that hold a gate as well as a backbone.
@@ -90,12 +91,13 @@ def load_skipnet(
     depth: int | None = None,
     map_location: str | torch.device = "cpu",
 ) -> SkipNet:
-    """A trained SkipNet from an ``sp`` or ``hrl`` checkpoint (a path or a loaded payload)."""
+    """A trained SkipNet from an ``sp`` or ``hrl`` checkpoint: a path, the name of a shipped
+    model (``skipenv.list_pretrained()``, e.g. ``"skipnet38-hrl"``) or a loaded payload."""
     name = "the given checkpoint" if isinstance(source, dict) else str(source)
     payload = (
         source
         if isinstance(source, dict)
-        else load_checkpoint(source, SKIPNET_KINDS, map_location=map_location)
+        else load_checkpoint(resolve_checkpoint(source), SKIPNET_KINDS, map_location=map_location)
     )
     if payload.get("kind") not in SKIPNET_KINDS or "gate" not in payload:
         raise CheckpointError(

@@ -329,6 +329,17 @@ def test_env_default_backbone_is_the_default_for_depth(shipped: Path, trained: d
         SkipNetEnv(data=synthetic_split(), device="cpu")
 
 
+def test_load_skipnet_takes_a_shipped_name(shipped: Path, trained: dict) -> None:
+    net = load_skipnet(SP)
+    assert_same_weights(net.backbone, trained["sp"].backbone)
+    for key, value in trained["sp"].gate.state_dict().items():
+        assert torch.equal(net.gate.state_dict()[key], value), key
+    with pytest.raises(CheckpointError, match=f"shipped: {BASE}, {SP}"):
+        load_skipnet("tiny14-hrl")
+    with pytest.raises(CheckpointError, match=r"holds a 'base' checkpoint; this needs one of"):
+        load_skipnet(BASE)
+
+
 def test_env_checkpoint_by_name_or_path(shipped: Path, trained: dict) -> None:
     env = SkipNetEnv(checkpoint=BASE, depth=14, data=synthetic_split(), device="cpu")
     assert_same_weights(env.backbone, trained["base"])
