@@ -22,7 +22,13 @@ import skipenv
 from agents.gates import RNNGate
 from agents.skipnet import SkipNet, load_skipnet
 from skipenv import pretrained
-from skipenv.checkpoint import BACKBONE_KINDS, CheckpointError, load_checkpoint, save_checkpoint
+from skipenv.checkpoint import (
+    BACKBONE_KINDS,
+    CheckpointError,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+)
 from skipenv.data import CifarSplit
 from skipenv.env import SkipNetEnv
 from skipenv.pretrained import (
@@ -406,22 +412,74 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
 
 # ---------------------------------------------------------------------------- the real registry
 
+SHIPPED = (
+    "resnet38",
+    "skipnet38-sp",
+    "skipnet38-hrl-a0.25",
+    "skipnet38-hrl-a0.5",
+    "skipnet38-hrl-a0.75",
+    "skipnet38-hrl-a1",
+)
+DEFAULT = "skipnet38-hrl-a0.5"  # the env's default backbone
 
-def test_the_package_ships_an_empty_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+
+@pytest.fixture
+def real_registry(monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(ENV_DIR, raising=False)
     folder = Path(skipenv.__file__).parent / "weights"
     assert pretrained.weights_dir() == folder
-    assert json.loads((folder / "registry.json").read_text()) == []
-    assert (folder / "MODEL_CARD.md").is_file()
-    assert list_pretrained() == [] and skipenv.list_pretrained() == []
-    assert default_pretrained(38) is None
-    with pytest.raises(ValueError, match="no pretrained ResNet-38 backbone ships") as caught:
-        gymnasium.make(ENV_ID, data=synthetic_split(), device="cpu")
-    message = str(caught.value)
-    assert "checkpoint=PATH" in message and "backbone=" in message
-    assert "pretrained=False" in message
-    with pytest.raises(CheckpointError, match="none ships with this install"):
-        resolve_checkpoint("skipnet38-hrl")
+    return folder
+
+
+def test_the_package_ships_resnet38_sp_and_hrl_points(real_registry: Path) -> None:
+    assert list_pretrained() == list(SHIPPED) == skipenv.list_pretrained()
+    assert default_pretrained(38) == DEFAULT and pretrained_info(DEFAULT)["kind"] == "hrl"
+    hrl = [pretrained_info(n) for n in SHIPPED if pretrained_info(n)["kind"] == "hrl"]
+    assert len(hrl) >= 2  # two operating points, at different compute
+    assert len({round(e["flops_fraction"], 2) for e in hrl}) == len(hrl)
+    for name in SHIPPED:
+        info = pretrained_info(name)
+        path = pretrained_path(name)
+        assert path.parent == real_registry and path.stat().st_size < 8 * 2**20
+        payload = load_checkpoint(path)  # weights_only=True inside
+        assert payload["name"] == name and payload["kind"] == info["kind"]
+        assert payload["arch"]["depth"] == info["depth"] == 38
+        assert not set(TRAINING_ONLY) & set(payload)
+        assert all(info[k] is not None for k in ("val_accuracy", "flops_fraction"))
+        load_backbone(payload)
+        if info["kind"] != "base":
+            load_skipnet(payload)
+
+
+def test_the_model_card_quotes_the_registry(real_registry: Path) -> None:
+    card = (real_registry / "MODEL_CARD.md").read_text()
+    for name in SHIPPED:
+        info = pretrained_info(name)
+        section = card[card.index(f"### {name} (") :].split("\n### ", 1)[0]
+        row = (
+            f"| {100 * info['val_accuracy']:.2f}% | {100 * info['flops_fraction']:.2f}% "
+            f"| {100 * info['block_fraction']:.2f}% |"
+        )
+        assert row in section, (name, row)
+        assert f"--checkpoint {name} --split val" in section
+
+
+def test_env_default_is_the_shipped_hrl_backbone(real_registry: Path) -> None:
+    env = gymnasium.make(ENV_ID, data=synthetic_split(), device="cpu")  # no checkpoint given
+    hrl = load_skipnet(DEFAULT)
+    assert_same_weights(env.unwrapped.backbone, hrl.backbone)
+    obs, _ = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    env.close()
+    lean = SkipNetEnv(checkpoint="skipnet38-hrl-a1", data=synthetic_split(), device="cpu")
+    assert_same_weights(lean.backbone, load_skipnet("skipnet38-hrl-a1").backbone)
+
+
+def test_env_default_without_images_says_how_to_get_them(real_registry: Path, tmp_path) -> None:
+    from skipenv.data import DataError
+
+    with pytest.raises(DataError, match="To get the data"):  # weights load; images are missing
+        gymnasium.make(ENV_ID, data_root=tmp_path / "no-data", device="cpu")
 
 
 def test_package_data_ships_the_weights_folder() -> None:
