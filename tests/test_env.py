@@ -430,8 +430,9 @@ def test_data_root_without_the_split(tmp_path):
 
 
 def test_pretrained_without_checkpoint_says_what_to_pass():
-    with pytest.raises(ValueError, match="no pretrained ResNet-38") as caught:
-        SkipNetEnv(data=synthetic_split(), device="cpu")
+    # ResNet-38 ships (tests/test_pretrained.py); no ResNet-110 does
+    with pytest.raises(ValueError, match="no pretrained ResNet-110") as caught:
+        SkipNetEnv(depth=110, data=synthetic_split(), device="cpu")
     assert "checkpoint=" in str(caught.value) and "pretrained=False" in str(caught.value)
 
 
