@@ -25,7 +25,10 @@ epochs (702 steps) from an SP network fine-tuned from a plain one: backbone lr 1
 0.02 with rl weight 1, exploration 0.2 and a self-critical baseline (see ``--explore`` and
 ``--baseline``). Alpha picks the trade-off (larger alpha, more skipping); with this recipe on
 ResNet-38, alpha <= 2 left every block executed, 2.5 and 3 skipped 38% and 56% of the blocks,
-and 4 collapsed to skipping them all (results/skipnet38-cpu/README.md).
+and 4 collapsed to skipping them all (results/skipnet38-cpu/README.md). The shipped models
+(skipenv/weights/MODEL_CARD.md) continue from the alpha 3 network for 4 epochs at a lower
+alpha with ``--schedule cosine``: blocks that pay for themselves come back and most of the
+accuracy returns (scripts/train_pretrained38.sh).
 """
 
 from __future__ import annotations
