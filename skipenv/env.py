@@ -131,7 +131,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
       environment moves it to ``device``, puts it in eval mode and freezes it.
     - ``pretrained``: with neither of the two, load the shipped pretrained backbone of
       ``depth`` (the registry's ``default_for_depth`` entry, see :mod:`skipenv.pretrained`:
-      ``skipnet38-hrl-a0.5`` for depth 38, the SkipNet-38 HRL backbone; where none ships, a
+      ``skipnet38-hrl-a0.6`` for depth 38, the SkipNet-38 HRL backbone; where none ships, a
       ``ValueError`` says what to pass) or, if False, use random weights
       from a fixed seed.
     - ``data``: a :class:`~skipenv.data.CifarSplit` used instead of loading ``split``.

@@ -417,10 +417,11 @@ SHIPPED = (
     "skipnet38-sp",
     "skipnet38-hrl-a0.25",
     "skipnet38-hrl-a0.5",
+    "skipnet38-hrl-a0.6",
     "skipnet38-hrl-a0.75",
     "skipnet38-hrl-a1",
 )
-DEFAULT = "skipnet38-hrl-a0.5"  # the env's default backbone
+DEFAULT = "skipnet38-hrl-a0.6"  # the env's default backbone
 
 
 @pytest.fixture
