@@ -8,9 +8,13 @@ of the sampled decisions. These are the same rewards as the environment's ``rewa
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from skipenv.devices import autocast
 from skipenv.gating import log_prob
 
 BASELINES = ("none", "mean", "greedy")
@@ -113,3 +117,50 @@ def hybrid_loss(
         base = returns_to_go(skip_rewards(g_executed[:, 1:], g_logits, labels, alpha), gamma)
     pg = reinforce_loss(probs.float(), decisions, returns, baseline, base)
     return ce + rl_weight * pg, ce
+
+
+def hrl_step_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    alpha: float,
+    gamma: float = 1.0,
+    rl_weight: float = 0.01,
+    baseline: str = "mean",
+    explore: float = 0.0,
+    amp: str = "none",
+    net: nn.Module | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """The forward passes and loss of one HRL step on images ``x`` (B x 3 x H x W).
+
+    For ``baseline="greedy"`` the same images' greedy routes run first, without gradient;
+    then a forward with sampled gates (``explore`` as :class:`agents.gates.ExploringGate`) and
+    skipped blocks really skipped, under ``autocast(amp)``; then :func:`hybrid_loss`.
+    ``model`` is an :class:`agents.skipnet.SkipNet`; ``net`` runs the sampled forward when it
+    is a wrapper of it (DistributedDataParallel), else ``model`` does.
+
+    Returns:
+        The loss, the cross-entropy alone, and the sampled forward's ``GatedOutput``.
+    """
+    device = x.device
+    greedy = None
+    if baseline == "greedy":  # the same images' greedy routes, no gradient
+        with torch.no_grad(), autocast(device, amp):
+            g = model(x, mode="greedy", routing="skip")
+        greedy = (g.logits, g.executed)
+    with autocast(device, amp):
+        out = (net or model)(x, mode="sample", routing="skip", generator=generator, explore=explore)
+    loss, ce = hybrid_loss(
+        out.logits,
+        out.probs,
+        out.executed,
+        labels,
+        alpha=alpha,
+        gamma=gamma,
+        rl_weight=rl_weight,
+        baseline=baseline,
+        greedy=greedy,
+    )
+    return loss, ce, out

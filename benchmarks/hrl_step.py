@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.reinforce import hybrid_loss
+from agents.reinforce import hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
@@ -94,23 +94,15 @@ def main() -> None:
         opts["full"].step()
 
     def hrl_step() -> None:
-        greedy = None
-        if args.baseline == "greedy":
-            with torch.no_grad(), autocast(device, args.amp):
-                g = skipnet(x, mode="greedy", routing="skip")
-            greedy = (g.logits, g.executed)
-        with autocast(device, args.amp):
-            out = skipnet(
-                x, mode="sample", routing="skip", generator=generator, explore=args.explore
-            )
-        loss, _ = hybrid_loss(
-            out.logits,
-            out.probs,
-            out.executed,
+        loss, _, out = hrl_step_loss(  # the same forward passes and loss as train/hybrid.py
+            skipnet,
+            x,
             y,
+            generator=generator,
             alpha=args.alpha,
             baseline=args.baseline,
-            greedy=greedy,
+            explore=args.explore,
+            amp=args.amp,
         )
         opts["hrl"].zero_grad(set_to_none=True)
         loss.backward()

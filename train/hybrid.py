@@ -47,7 +47,7 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from agents.reinforce import BASELINES, hybrid_loss
+from agents.reinforce import BASELINES, hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv import distributed
 from skipenv.checkpoint import CheckpointError, checkpoint_arch
@@ -209,25 +209,18 @@ def main(args: Args) -> dict:
         batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
         for x, y in distributed.shard(batches, dist):
             generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
-            greedy = None
-            if args.baseline == "greedy":  # the same images' greedy routes, no gradient
-                with torch.no_grad(), autocast(device, args.amp):
-                    g = model(x, mode="greedy", routing="skip")
-                greedy = (g.logits, g.executed)
-            with autocast(device, args.amp):
-                out = net(
-                    x, mode="sample", routing="skip", generator=generator, explore=args.explore
-                )
-            loss, ce = hybrid_loss(
-                out.logits,
-                out.probs,
-                out.executed,
+            loss, ce, out = hrl_step_loss(
+                model,
+                x,
                 y,
+                net=net,
+                generator=generator,
                 alpha=args.alpha,
                 gamma=args.gamma,
                 rl_weight=args.rl_weight,
                 baseline=args.baseline,
-                greedy=greedy,
+                explore=args.explore,
+                amp=args.amp,
             )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
