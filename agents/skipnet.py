@@ -16,6 +16,7 @@ from torch import nn
 
 from agents.gates import ExploringGate, build_gate
 from skipenv.checkpoint import (
+    BACKBONE_KINDS,
     CheckpointError,
     checkpoint_arch,
     load_backbone,
@@ -111,3 +112,15 @@ def load_skipnet(
     except RuntimeError as err:
         raise CheckpointError(f"{name}: gate weights do not fit its spec: {err}") from err
     return SkipNet(backbone, gate.to(map_location))
+
+
+def load_backbone_and_gate(
+    source: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], SkipResNet, Gate | None]:
+    """The payload, backbone and gate (in eval mode; None for a ``base`` checkpoint) of any
+    base, sp or hrl checkpoint: a path or the name of a shipped model."""
+    payload = load_checkpoint(resolve_checkpoint(source), BACKBONE_KINDS, map_location=map_location)
+    if payload["kind"] in SKIPNET_KINDS:
+        model = load_skipnet(payload, map_location=map_location)
+        return payload, model.backbone, model.gate.eval()
+    return payload, load_backbone(payload, map_location=map_location), None

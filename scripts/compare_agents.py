@@ -49,13 +49,12 @@ from tqdm import tqdm
 
 from agents.baselines import AlwaysExecute, FixedPattern, RandomSkip
 from agents.gate_agent import GateAgent
-from agents.skipnet import SKIPNET_KINDS, load_skipnet
+from agents.skipnet import load_backbone_and_gate as load_models  # payload, backbone, gate
 from skipenv.augment import normalize
-from skipenv.checkpoint import BACKBONE_KINDS, CheckpointError, load_backbone, load_checkpoint
+from skipenv.checkpoint import CheckpointError
 from skipenv.data import SPLITS, CifarSplit, DataError, load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.gating import Gate
-from skipenv.pretrained import resolve_checkpoint
 from skipenv.resnet import SkipResNet
 from skipenv.vector_env import SkipNetVectorEnv
 
@@ -430,18 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-progress", action="store_true", help="no progress bars (tqdm, on stderr)"
     )
     return parser
-
-
-def load_models(
-    name_or_path: str | Path, device: torch.device
-) -> tuple[dict[str, Any], SkipResNet, Gate | None]:
-    """The checkpoint's payload, backbone and gate (None for a base checkpoint)."""
-    path = resolve_checkpoint(str(name_or_path))
-    payload = load_checkpoint(path, kinds=BACKBONE_KINDS, map_location=device)
-    if payload["kind"] in SKIPNET_KINDS:
-        model = load_skipnet(payload, map_location=device)
-        return payload, model.backbone, model.gate.eval()
-    return payload, load_backbone(payload, map_location=device), None
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 import tyro
 
-from agents.skipnet import SKIPNET_KINDS, load_skipnet
+from agents.skipnet import load_backbone_and_gate
 from skipenv.augment import BatchLoader
-from skipenv.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
 from skipenv.data import load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
-from skipenv.pretrained import list_pretrained, pretrained_info, resolve_checkpoint
+from skipenv.pretrained import list_pretrained, pretrained_info
 
 
 @dataclass
@@ -76,13 +75,7 @@ def main(args: Args) -> dict:
     device = resolve_device(args.device)
     if device.type == "cpu":
         tune_cpu_allocator()
-    path = resolve_checkpoint(args.checkpoint)  # a shipped name or a path
-    payload = load_checkpoint(path, kinds=BACKBONE_KINDS, map_location=device)
-    if payload["kind"] in SKIPNET_KINDS:
-        model = load_skipnet(payload, map_location=device)
-        backbone, gate = model.backbone, model.gate
-    else:
-        backbone, gate = load_backbone(payload, map_location=device), None
+    payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
     data = load_cifar10(args.split, args.data_dir)
