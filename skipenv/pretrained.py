@@ -2,13 +2,14 @@
 
 ``skipenv/weights/registry.json`` lists what ships, one entry per model::
 
-    {"name": "skipnet38-hrl", "file": "skipnet38-hrl.pt", "kind": "hrl", "depth": 38,
-     "dataset": "cifar10", "default_for_depth": true, "val_accuracy": 0.9,
-     "flops_fraction": 0.7, "block_fraction": 0.7, "description": "..."}
+    {"name": "skipnet38-hrl-a0.6", "file": "skipnet38-hrl-a0.6.pt", "kind": "hrl", "depth": 38,
+     "dataset": "cifar10", "default_for_depth": true, "val_accuracy": 0.886,
+     "flops_fraction": 0.6606, "block_fraction": 0.667, "description": "..."}
 
 ``file`` lies beside the registry (a weights-only checkpoint written by :func:`export_weights`;
 ``MODEL_CARD.md`` there says how each was trained and evaluated). ``kind`` is ``base``, ``sp``
-or ``hrl``; the metrics are fractions in [0, 1] on the val split (or null). At most one entry
+or ``hrl``; the metrics are fractions on the val split (or null), in [0, 1] but for
+``flops_fraction``, which the gates' own MACs can take a little over 1. At most one entry
 per depth and data set is ``default_for_depth``: the backbone an environment loads when given
 no checkpoint.
 
