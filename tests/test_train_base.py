@@ -14,6 +14,7 @@ import torch
 from synthetic import write_folder
 
 from skipenv.checkpoint import CheckpointError, load_checkpoint
+from skipenv.resnet import SkipResNet
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,3 +98,32 @@ def test_refuses_to_overwrite_and_rejects_bad_checkpoints(data_root: Path, tmp_p
         base.main(tiny_args(data_root, out, resume=True))
     with pytest.raises(CheckpointError, match="no checkpoint"):
         base.main(tiny_args(data_root, tmp_path / "empty", resume=True))
+
+
+def test_random_routes_draw_per_image_rates() -> None:
+    torch.manual_seed(0)
+    execute = base.random_routes(4000, 17, 0.6, torch.device("cpu"))  # B x K
+    assert execute.shape == (4000, 17) and execute.dtype == torch.bool
+    ran = execute.float().mean(dim=1)  # B: share of decisions executed per image
+    assert abs(float(ran.mean()) - 0.7) < 0.02  # 1 - E[r], r ~ U[0, 0.6]
+    assert float(ran.min()) < 0.3 and float(ran.max()) == 1.0  # heavy and full routes occur
+    assert not base.random_routes(8, 5, 0.0, torch.device("cpu")).logical_not().any()
+
+
+def test_drop_max_trains_with_skipped_blocks(data_root: Path, tmp_path: Path) -> None:
+    calls = []
+    original = SkipResNet.forward_skip
+
+    def spy(self, x, execute):
+        calls.append(execute.float().mean().item())
+        return original(self, x, execute)
+
+    SkipResNet.forward_skip = spy
+    try:
+        base.main(tiny_args(data_root, tmp_path / "ld", depth=14, epochs=1, drop_max=0.6))
+    finally:
+        SkipResNet.forward_skip = original
+    assert len(calls) == 90 // 16 and min(calls) < 1.0  # every step routed, some blocks skipped
+    assert load_checkpoint(tmp_path / "ld" / "final.pt")["config"]["drop_max"] == 0.6
+    with pytest.raises(ValueError, match="drop-max"):
+        base.main(tiny_args(data_root, tmp_path / "bad", drop_max=1.0))

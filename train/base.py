@@ -53,6 +53,11 @@ class Args(RunArgs):
     """SGD momentum (Nesterov)"""
     weight_decay: float = 5e-4
     """L2 weight decay (the authors use 1e-4 with their 6x longer schedule)"""
+    drop_max: float = 0.0
+    """random block dropping for a skip-tolerant backbone (LayerDrop, Fan et al. 2019: no
+    test-time rescaling): each training image draws a drop rate r uniformly in
+    [0, drop_max] and skips each block after the first with probability r, really skipped
+    (``forward_skip``), so training sees the routes a gate produces; 0 trains the plain net"""
 
 
 def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
@@ -69,8 +74,22 @@ def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
     return {"accuracy": correct / n, "loss": loss / n}
 
 
+def random_routes(
+    batch: int, num_decisions: int, drop_max: float, device: torch.device
+) -> torch.Tensor:
+    """B x K bool decisions: image b executes each block with probability 1 - r_b,
+    r_b ~ U[0, drop_max] (per-image rates, so full and heavily skipped routes both occur)."""
+    rate = torch.rand(batch, 1, device=device) * drop_max  # B x 1
+    return torch.rand(batch, num_decisions, device=device) >= rate  # B x K
+
+
 def main(args: Args) -> dict[str, float]:
+    if not 0.0 <= args.drop_max < 1.0:
+        raise ValueError(f"--drop-max must be in [0, 1), got {args.drop_max}")
     dist = distributed.setup(args.device)
+    if dist.enabled and args.drop_max > 0:
+        raise ValueError("--drop-max runs forward_skip, which DistributedDataParallel does not "
+                         "wrap; train with random block dropping in a single process")
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
     if device.type == "cpu":
@@ -154,7 +173,11 @@ def main(args: Args) -> dict[str, float]:
         correct = seen = 0
         for x, y in distributed.shard(batches, dist):
             with autocast(device, args.amp):
-                logits = net(x)  # B x 10
+                if args.drop_max > 0:
+                    execute = random_routes(x.shape[0], model.num_decisions, args.drop_max, device)
+                    logits = model.forward_skip(x, execute)  # B x 10
+                else:
+                    logits = net(x)  # B x 10
             loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
