@@ -4,7 +4,7 @@ The environment runs the backbone one block per step and shows the agent the glo
 of the block just computed (``obs_mode="vector"``, or the ``"pooled"`` entry of
 ``obs_mode="dict"``). A gate that decides from that pooled vector -- the recurrent gate,
 through its ``forward_pooled`` -- therefore makes, step by step, exactly the decisions it
-makes inside :meth:`skipenv.resnet.SkipResNet.forward_gated` on the same images.
+makes inside :meth:`skipenv.models.resnet.SkipResNet.forward_gated` on the same images.
 
 :class:`ObservationAgent` holds what every agent over these observations shares: decoding
 (pooled activation, index of the block that produced it, MACs spent), one ``act`` for a
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from skipenv.devices import resolve_device
-from skipenv.gating import Gate
+from skipenv.models.gating import Gate
+from skipenv.training.devices import resolve_device
 
 AgentState = Any  # a gate's recurrent state: None, a tensor, or a tuple of tensors (N rows)
 

@@ -1,6 +1,6 @@
 """SkipNet's gates: the recurrent gate (RNNGate) and the feedforward gates FFGate-I and FFGate-II.
 
-Each is a :class:`skipenv.gating.Gate`: after block ``i`` it maps that block's output
+Each is a :class:`skipenv.models.gating.Gate`: after block ``i`` it maps that block's output
 (B x C_i x H x W) to p(execute block i + 1). One gate object holds the parameters for all
 K = num_blocks - 1 decisions. Layers follow the authors' code (ucbdrive/skipnet,
 ``cifar/models.py``: ``RNNGate`` with its ``group*_gate*`` embeddings in
@@ -27,8 +27,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from skipenv.flops import conv_macs, linear_macs
-from skipenv.gating import Gate
+from skipenv.models.flops import conv_macs, linear_macs
+from skipenv.models.gating import Gate
 
 GATE_TYPES: tuple[str, ...] = ("rnn", "ffgate1", "ffgate2")
 

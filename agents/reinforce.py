@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipenv.devices import autocast
-from skipenv.gating import log_prob
+from skipenv.models.gating import log_prob
+from skipenv.training.devices import autocast
 
 BASELINES = ("none", "mean", "greedy")
 

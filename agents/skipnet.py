@@ -1,6 +1,6 @@
 """SkipNet = a CIFAR ResNet backbone + a gate, as one module that trains, evaluates and saves.
 
-The backbone (:class:`skipenv.resnet.SkipResNet`) does the routing; the gate
+The backbone (:class:`skipenv.models.resnet.SkipResNet`) does the routing; the gate
 (:mod:`agents.gates`) decides. Checkpoints of kind ``sp`` / ``hrl`` keep the backbone's state
 in ``model`` (so any backbone loader, e.g. the environment's, reads them) and the gate's in
 ``gate``; ``arch["gate"]`` is the gate's spec.
@@ -15,16 +15,16 @@ import torch
 from torch import nn
 
 from agents.gates import ExploringGate, build_gate
-from skipenv.checkpoint import (
+from skipenv.models.checkpoint import (
     BACKBONE_KINDS,
     CheckpointError,
     checkpoint_arch,
     load_backbone,
     load_checkpoint,
 )
-from skipenv.gating import Gate
-from skipenv.pretrained import resolve_checkpoint
-from skipenv.resnet import GatedOutput, SkipResNet
+from skipenv.models.gating import Gate
+from skipenv.models.pretrained import resolve_checkpoint
+from skipenv.models.resnet import GatedOutput, SkipResNet
 
 #: Checkpoint kinds that hold a gate as well as a backbone.
 SKIPNET_KINDS = ("sp", "hrl")
@@ -50,7 +50,7 @@ class SkipNet(nn.Module):
         generator: torch.Generator | None = None,
         explore: float = 0.0,
     ) -> GatedOutput:
-        """Gated forward: see :meth:`skipenv.resnet.SkipResNet.forward_gated`.
+        """Gated forward: see :meth:`skipenv.models.resnet.SkipResNet.forward_gated`.
 
         ``explore`` > 0 mixes the gate with a fair coin (:class:`agents.gates.ExploringGate`);
         the returned ``probs`` are then the mixture's.
@@ -80,7 +80,7 @@ def freeze_batch_norm(model: nn.Module) -> None:
 
 def build_skipnet(arch: dict[str, Any]) -> SkipNet:
     """An untrained SkipNet of the backbone and gate that ``arch`` describes."""
-    from skipenv.resnet import build_resnet
+    from skipenv.models.resnet import build_resnet
 
     backbone = build_resnet(arch["depth"], arch["num_classes"], tuple(arch["widths"]))
     return SkipNet(backbone, build_gate(arch["gate"], backbone.block_channels))

@@ -4,7 +4,7 @@ Measured on the cached CIFAR-10 training split (real data, root from ``--data-di
 ``$SKIPNET_DATA``):
 
 - ``load_cifar10``: the first call (a decode when no cache exists yet) and a cached call;
-- ``loader``: :class:`skipenv.augment.BatchLoader` batches (shuffle, random crop + flip,
+- ``loader``: :class:`skipenv.data.loader.BatchLoader` batches (shuffle, random crop + flip,
   normalisation) of 128, on the chosen device;
 - ``resnet38_train_step``: one SGD step (momentum 0.9, forward + backward + step, train mode)
   of ResNet-38 on a batch of 128.
@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
-from skipenv.devices import resolve_device, tune_cpu_allocator
+from skipenv.data.loader import BatchLoader
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 
 def sync(device: torch.device) -> None:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         next_batch()
     loader_rate, loader_rates = median_rate(next_batch, args.loader_batches, args.repeats, device)
 
-    from skipenv.resnet import build_resnet
+    from skipenv.models.resnet import build_resnet
 
     model = build_resnet(38).to(device)
     if args.channels_last:

@@ -3,10 +3,10 @@
 On a ResNet-38 backbone (random weights: speed does not depend on them), a random policy
 (execute each block with probability 0.5) steps
 
-- ``single``: one :class:`skipenv.env.SkipNetEnv`,
+- ``single``: one :class:`skipenv.envs.env.SkipNetEnv`,
 - ``sync``: ``gymnasium.vector.SyncVectorEnv`` of 64 single envs,
-- ``native``: the batched :class:`skipenv.vector_env.SkipNetVectorEnv` at N = 64 and 256,
-- ``sb3-native``: the N = 256 native env behind :class:`skipenv.sb3.SB3VecEnv`,
+- ``native``: the batched :class:`skipenv.envs.vector_env.SkipNetVectorEnv` at N = 64 and 256,
+- ``sb3-native``: the N = 256 native env behind :class:`skipenv.envs.sb3.SB3VecEnv`,
 
 and, as the ceiling, ``limit``: the backbone's own batched real-skipping forward
 (``SkipResNet.forward_skip``, batch 256 normalised images already on the device) at the same
@@ -37,13 +37,13 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from skipenv.augment import normalize
 from skipenv.data import CifarSplit, load_cifar10
-from skipenv.devices import resolve_device, tune_cpu_allocator
-from skipenv.env import SkipNetEnv
-from skipenv.resnet import SkipResNet, build_resnet
-from skipenv.sb3 import SB3VecEnv
-from skipenv.vector_env import SkipNetVectorEnv
+from skipenv.data.loader import normalize
+from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.sb3 import SB3VecEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.models.resnet import SkipResNet, build_resnet
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 EXECUTE_RATE = 0.5  # random policy: p(execute) per decided block
 
@@ -214,7 +214,8 @@ def main() -> None:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="keep glibc's default allocator settings (see skipenv.devices.tune_cpu_allocator)",
+        help="keep glibc's default allocator settings "
+        "(see skipenv.training.devices.tune_cpu_allocator)",
     )
     parser.add_argument(
         "--skip", nargs="*", default=[], help="cases to leave out: single sync native sb3 limit"

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from agents.reinforce import hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
-from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
-from skipenv.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.data.loader import BatchLoader
+from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
 
 
 def main() -> None:

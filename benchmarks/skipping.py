@@ -31,9 +31,9 @@ from pathlib import Path
 
 import torch
 
-from skipenv.devices import resolve_device, tune_cpu_allocator
-from skipenv.flops import FlopsTable
-from skipenv.resnet import build_resnet
+from skipenv.models.flops import FlopsTable
+from skipenv.models.resnet import build_resnet
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 
 def rate_for_fraction(table: FlopsTable, fraction: float) -> float:
@@ -144,7 +144,8 @@ def main() -> None:
     parser.add_argument(
         "--default-malloc",
         action="store_true",
-        help="keep glibc's default allocator settings (see skipenv.devices.tune_cpu_allocator)",
+        help="keep glibc's default allocator settings "
+        "(see skipenv.training.devices.tune_cpu_allocator)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")

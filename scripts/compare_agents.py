@@ -50,13 +50,13 @@ from tqdm import tqdm
 from agents.baselines import AlwaysExecute, FixedPattern, RandomSkip
 from agents.gate_agent import GateAgent
 from agents.skipnet import load_backbone_and_gate as load_models  # payload, backbone, gate
-from skipenv.augment import normalize
-from skipenv.checkpoint import CheckpointError
 from skipenv.data import SPLITS, CifarSplit, DataError, load_cifar10
-from skipenv.devices import resolve_device, tune_cpu_allocator
-from skipenv.gating import Gate
-from skipenv.resnet import SkipResNet
-from skipenv.vector_env import SkipNetVectorEnv
+from skipenv.data.loader import normalize
+from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.models.checkpoint import CheckpointError
+from skipenv.models.gating import Gate
+from skipenv.models.resnet import SkipResNet
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 #: --sb3-algo -> (module, class).
 SB3_ALGOS: dict[str, tuple[str, str]] = {

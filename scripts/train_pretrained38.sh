@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe of the shipped ResNet-38 / SkipNet-38 weights (skipenv/weights/MODEL_CARD.md),
+# The recipe of the shipped ResNet-38 / SkipNet-38 weights (skipenv/models/weights/MODEL_CARD.md),
 # stage by stage: plain network, SP, HRL at a high alpha until it skips, then operating
 # points from there at lower alphas (with a cosine learning-rate decay, so the network
 # adapts to its routes), then weights-only exports and their val evaluations.
@@ -49,6 +49,6 @@ W=${WEIGHTS_DIR:-$R/weights}
 for pair in base:resnet38 sp:skipnet38-sp hrl-a0.25:skipnet38-hrl-a0.25 hrl-a0.5:skipnet38-hrl-a0.5 \
     hrl-a0.6:skipnet38-hrl-a0.6 hrl-a0.75:skipnet38-hrl-a0.75 hrl-a1:skipnet38-hrl-a1; do
     run=${pair%%:*} name=${pair#*:}
-    "$PY" -m skipenv.pretrained export "$R/$run/final.pt" "$W/$name.pt" --name "$name"
+    "$PY" -m skipenv.models.pretrained export "$R/$run/final.pt" "$W/$name.pt" --name "$name"
     "$PY" train/evaluate.py --checkpoint "$W/$name.pt" --split val --json "$W/$name.val.json"
 done

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipenv.resnet import SkipResNet, build_resnet
+from skipenv.models.resnet import SkipResNet, build_resnet
 
 
 @pytest.fixture

@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipenv.checkpoint import CheckpointError, load_backbone, load_checkpoint, save_checkpoint
-from skipenv.resnet import build_resnet
+from skipenv.models.checkpoint import (
+    CheckpointError,
+    load_backbone,
+    load_checkpoint,
+    save_checkpoint,
+)
+from skipenv.models.resnet import build_resnet
 
 
 def _payload(depth: int = 14, kind: str = "base", dataset: str | None = "cifar10") -> dict:

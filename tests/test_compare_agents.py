@@ -15,11 +15,11 @@ from synthetic import write_folder
 from agents.gate_agent import GateAgent
 from agents.gates import RNNGate
 from agents.skipnet import SkipNet
-from skipenv.augment import normalize
-from skipenv.checkpoint import save_checkpoint
 from skipenv.data import load_cifar10
-from skipenv.env import SkipNetEnv
-from skipenv.resnet import build_resnet
+from skipenv.data.loader import normalize
+from skipenv.envs.env import SkipNetEnv
+from skipenv.models.checkpoint import save_checkpoint
+from skipenv.models.resnet import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 

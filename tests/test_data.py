@@ -1,4 +1,4 @@
-"""Tests of skipenv.data (CIFAR-10 loading and caching) and skipenv.augment.
+"""Tests of skipenv.data (CIFAR-10 loading and caching) and skipenv.data.loader.
 
 Synthetic data only: small image-folder trees and official-style batch pickles written into
 tmp_path. Nothing is downloaded and the user's data root and cache are never touched.
@@ -20,8 +20,7 @@ import torch
 from PIL import Image
 from synthetic import write_folder, write_image
 
-import skipenv.data as data_mod
-from skipenv.augment import BatchLoader, augment, normalize
+import skipenv.data.sources as data_mod
 from skipenv.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -35,6 +34,7 @@ from skipenv.data import (
     split_indices,
     val_indices,
 )
+from skipenv.data.loader import BatchLoader, augment, normalize
 
 TEST_PER_CLASS = 3
 REAL_DEFAULT_CACHE_DIR = data_mod.default_cache_dir  # before the autouse fixture patches it

@@ -7,7 +7,7 @@ import platform
 import pytest
 import torch
 
-from skipenv.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 
 def test_auto_and_cpu() -> None:

@@ -20,14 +20,14 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from synthetic import write_folder
 
 import skipenv
-from skipenv.augment import normalize
-from skipenv.checkpoint import CheckpointError, save_checkpoint
 from skipenv.data import CifarSplit, DataError
-from skipenv.devices import resolve_device
-from skipenv.env import SkipNetEnv
-from skipenv.episode import random_backbone
-from skipenv.render import COLUMN_WIDTH, EXECUTED, MARGIN, PENDING, SCALE
-from skipenv.resnet import SkipResNet, build_resnet
+from skipenv.data.loader import normalize
+from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.episode import random_backbone
+from skipenv.envs.render import COLUMN_WIDTH, EXECUTED, MARGIN, PENDING, SCALE
+from skipenv.models.checkpoint import CheckpointError, save_checkpoint
+from skipenv.models.resnet import SkipResNet, build_resnet
+from skipenv.training.devices import resolve_device
 
 ENV_ID = "SkipNet-CIFAR10-v0"
 MODES = ("vector", "activation", "dict")
@@ -100,7 +100,7 @@ def test_make_by_id_and_vector_entry_point(tiny_model):
     env = gymnasium.make(ENV_ID, backbone=tiny_model, data=synthetic_split())
     assert isinstance(env.unwrapped, SkipNetEnv)
     assert env.spec.id == ENV_ID
-    assert gymnasium.spec(ENV_ID).vector_entry_point == "skipenv.vector_env:SkipNetVectorEnv"
+    assert gymnasium.spec(ENV_ID).vector_entry_point == "skipenv.envs.vector_env:SkipNetVectorEnv"
     obs, _ = env.reset(seed=0)
     assert obs.shape == (16 + 2,)
 

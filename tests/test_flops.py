@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from skipenv.flops import FlopsTable
-from skipenv.gating import Gate
-from skipenv.resnet import SkipResNet, build_resnet
+from skipenv.models.flops import FlopsTable
+from skipenv.models.gating import Gate
+from skipenv.models.resnet import SkipResNet, build_resnet
 
 
 def counted_macs(fn) -> int:

@@ -10,12 +10,12 @@ from gymnasium import spaces
 from agents.baselines import AlwaysExecute, FixedPattern, FlopsBudget, RandomSkip, stages
 from agents.gate_agent import GateAgent
 from agents.gates import FFGateI, FFGateII, RNNGate
-from skipenv.augment import normalize
 from skipenv.data import CifarSplit
-from skipenv.env import SkipNetEnv
-from skipenv.gating import FixedGate
-from skipenv.resnet import Route, SkipResNet, build_resnet
-from skipenv.vector_env import SkipNetVectorEnv
+from skipenv.data.loader import normalize
+from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.models.gating import FixedGate
+from skipenv.models.resnet import Route, SkipResNet, build_resnet
 
 
 def vector_space(model: SkipResNet) -> spaces.Box:

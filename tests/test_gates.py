@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents.gates import GATE_TYPES, ExploringGate, FFGateI, FFGateII, RNNGate, build_gate
-from skipenv.gating import Gate
-from skipenv.resnet import SkipResNet
+from skipenv.models.gating import Gate
+from skipenv.models.resnet import SkipResNet
 
 
 def counted_macs(fn) -> int:

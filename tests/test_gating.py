@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipenv.gating import FixedGate, decide, log_prob
-from skipenv.resnet import SkipResNet
+from skipenv.models.gating import FixedGate, decide, log_prob
+from skipenv.models.resnet import SkipResNet
 
 
 def test_greedy_thresholds_at_half() -> None:

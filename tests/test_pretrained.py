@@ -21,17 +21,18 @@ from synthetic import write_folder
 import skipenv
 from agents.gates import RNNGate
 from agents.skipnet import SkipNet, load_skipnet
-from skipenv import pretrained
-from skipenv.checkpoint import (
+from skipenv.data import CifarSplit
+from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.models import pretrained
+from skipenv.models.checkpoint import (
     BACKBONE_KINDS,
     CheckpointError,
     load_backbone,
     load_checkpoint,
     save_checkpoint,
 )
-from skipenv.data import CifarSplit
-from skipenv.env import SkipNetEnv
-from skipenv.pretrained import (
+from skipenv.models.pretrained import (
     ENV_DIR,
     FIELDS,
     default_pretrained,
@@ -41,8 +42,7 @@ from skipenv.pretrained import (
     pretrained_path,
     resolve_checkpoint,
 )
-from skipenv.resnet import SkipResNet, build_resnet
-from skipenv.vector_env import SkipNetVectorEnv
+from skipenv.models.resnet import SkipResNet, build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_ID = "SkipNet-CIFAR10-v0"
@@ -305,7 +305,7 @@ def test_module_cli_runs_without_importing_torch(shipped: Path) -> None:
         "import runpy, sys, warnings\n"
         "warnings.simplefilter('error')\n"
         "sys.argv = ['pretrained', 'list']\n"
-        "runpy.run_module('skipenv.pretrained', run_name='__main__')\n"
+        "runpy.run_module('skipenv.models.pretrained', run_name='__main__')\n"
         "assert 'torch' not in sys.modules, 'listing imported torch'\n"
     )
     done = subprocess.run(
@@ -427,7 +427,7 @@ DEFAULT = "skipnet38-hrl-a0.6"  # the env's default backbone
 @pytest.fixture
 def real_registry(monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv(ENV_DIR, raising=False)
-    folder = Path(skipenv.__file__).parent / "weights"
+    folder = Path(skipenv.__file__).parent / "models" / "weights"
     assert pretrained.weights_dir() == folder
     return folder
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipenv.gating import FixedGate
-from skipenv.resnet import DEPTHS, SkipResNet, build_resnet
+from skipenv.models.gating import FixedGate
+from skipenv.models.resnet import DEPTHS, SkipResNet, build_resnet
 
 # He et al. 2016, Table 6 (CIFAR-10), in millions of parameters. Their counts use identity
 # shortcuts with zero padding; our 1x1 projections add about 3k parameters.

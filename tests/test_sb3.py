@@ -1,4 +1,4 @@
-"""The Stable-Baselines3 adapter (skipenv.sb3): semantics on generic vector envs, then SB3 and
+"""The Stable-Baselines3 adapter (skipenv.envs.sb3): semantics on generic vector envs, then SB3 and
 sb3_contrib algorithms training on the native SkipNet vector env."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
 from skipenv.data import CifarSplit
-from skipenv.resnet import build_resnet
-from skipenv.sb3 import SB3VecEnv, make_sb3_vec_env, unbatch_info
+from skipenv.envs.sb3 import SB3VecEnv, make_sb3_vec_env, unbatch_info
+from skipenv.models.resnet import build_resnet
 
 N = 4
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 from synthetic import write_folder
 
-from skipenv.checkpoint import CheckpointError, load_checkpoint
-from skipenv.resnet import SkipResNet
+from skipenv.models.checkpoint import CheckpointError, load_checkpoint
+from skipenv.models.resnet import SkipResNet
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,8 +17,8 @@ import torch
 from synthetic import write_folder
 
 from agents.skipnet import load_skipnet
-from skipenv.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from skipenv.resnet import build_resnet
+from skipenv.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from skipenv.models.resnet import build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = os.environ | {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'train'}"}

@@ -10,9 +10,9 @@ from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from skipenv.data import CifarSplit
-from skipenv.env import SkipNetEnv
-from skipenv.resnet import SkipResNet
-from skipenv.vector_env import SkipNetVectorEnv
+from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.models.resnet import SkipResNet
 
 ENV_ID = "SkipNet-CIFAR10-v0"
 K = 5  # decisions of the tiny ResNet-14

@@ -29,12 +29,19 @@ import tyro
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from skipenv import distributed
-from skipenv.augment import BatchLoader
-from skipenv.checkpoint import CheckpointError, checkpoint_arch
-from skipenv.devices import autocast, tune_cpu_allocator
-from skipenv.resnet import build_resnet
-from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
+from skipenv.data.loader import BatchLoader
+from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
+from skipenv.models.resnet import build_resnet
+from skipenv.training import distributed
+from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.runs import (
+    RunArgs,
+    RunDir,
+    cifar_loaders,
+    config_dict,
+    rng_state,
+    set_rng_state,
+)
 
 
 @dataclass

@@ -5,7 +5,7 @@
     python train/evaluate.py --checkpoint NAME --split val  # NAME: a shipped model
 
 ``--checkpoint`` takes a path or the name of a shipped pretrained model
-(``python -m skipenv.pretrained list``).
+(``python -m skipenv.models.pretrained list``).
 
 Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Reported:
 ``accuracy`` (top-1), ``flops_fraction`` (MACs run, gates and shortcuts included, over the
@@ -26,18 +26,18 @@ import torch
 import tyro
 
 from agents.skipnet import load_backbone_and_gate
-from skipenv.augment import BatchLoader
 from skipenv.data import load_cifar10
-from skipenv.devices import resolve_device, tune_cpu_allocator
-from skipenv.evaluation import evaluate_gated
-from skipenv.pretrained import list_pretrained, pretrained_info
+from skipenv.data.loader import BatchLoader
+from skipenv.models.pretrained import list_pretrained, pretrained_info
+from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.evaluation import evaluate_gated
 
 
 @dataclass
 class Args:
     checkpoint: str
     """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py, or the name
-    of a shipped pretrained model (python -m skipenv.pretrained list)"""
+    of a shipped pretrained model (python -m skipenv.models.pretrained list)"""
     split: str = "val"
     """split to evaluate: val (the 5,000 held out of train), test, train or train-full"""
     data_dir: str | None = None
@@ -100,7 +100,7 @@ def main(args: Args) -> dict:
     results["card_match"] = card_match(str(args.checkpoint), args.split, results)
     if results["card_match"] is not None:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"
-        print(f"model card (skipenv/weights/registry.json) numbers: {verdict}")
+        print(f"model card (skipenv/models/weights/registry.json) numbers: {verdict}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

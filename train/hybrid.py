@@ -26,7 +26,7 @@ epochs (702 steps) from an SP network fine-tuned from a plain one: backbone lr 1
 ``--baseline``). Alpha picks the trade-off (larger alpha, more skipping); with this recipe on
 ResNet-38, alpha <= 2 left every block executed, 2.5 and 3 skipped 38% and 56% of the blocks,
 and 4 collapsed to skipping them all (results/skipnet38-cpu/README.md). The shipped models
-(skipenv/weights/MODEL_CARD.md) continue from the alpha 3 network for 4 epochs at a lower
+(skipenv/models/weights/MODEL_CARD.md) continue from the alpha 3 network for 4 epochs at a lower
 alpha with ``--schedule cosine``: blocks that pay for themselves come back and most of the
 accuracy returns (scripts/train_pretrained38.sh).
 """
@@ -49,11 +49,18 @@ from tqdm.auto import tqdm
 
 from agents.reinforce import BASELINES, hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
-from skipenv import distributed
-from skipenv.checkpoint import CheckpointError, checkpoint_arch
-from skipenv.devices import autocast, tune_cpu_allocator
-from skipenv.evaluation import evaluate_gated
-from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
+from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
+from skipenv.training import distributed
+from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.evaluation import evaluate_gated
+from skipenv.training.runs import (
+    RunArgs,
+    RunDir,
+    cifar_loaders,
+    config_dict,
+    rng_state,
+    set_rng_state,
+)
 
 
 @dataclass

@@ -33,12 +33,19 @@ from tqdm.auto import tqdm
 
 from agents.gates import GATE_TYPES, build_gate
 from agents.skipnet import SkipNet
-from skipenv import distributed
-from skipenv.checkpoint import CheckpointError, checkpoint_arch, load_backbone
-from skipenv.devices import autocast, tune_cpu_allocator
-from skipenv.evaluation import evaluate_gated
-from skipenv.resnet import build_resnet
-from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
+from skipenv.models.checkpoint import CheckpointError, checkpoint_arch, load_backbone
+from skipenv.models.resnet import build_resnet
+from skipenv.training import distributed
+from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.evaluation import evaluate_gated
+from skipenv.training.runs import (
+    RunArgs,
+    RunDir,
+    cifar_loaders,
+    config_dict,
+    rng_state,
+    set_rng_state,
+)
 
 
 @dataclass

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from skipenv.augment import BatchLoader
-from skipenv.checkpoint import load_checkpoint, save_checkpoint
 from skipenv.data import load_cifar10
+from skipenv.data.loader import BatchLoader
+from skipenv.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 class RunDir:
@@ -121,7 +121,7 @@ def cifar_loaders(
     """The shuffled, augmented training loader and the plain evaluation loader of a run.
 
     Every process of a distributed run builds the same loaders (same seed, same batches);
-    :func:`skipenv.distributed.shard` then keeps each process's rows.
+    :func:`skipenv.training.distributed.shard` then keeps each process's rows.
     """
     train = load_cifar10(args.train_split, args.data_dir, progress=is_main)
     held = load_cifar10(args.eval_split, args.data_dir, progress=is_main)

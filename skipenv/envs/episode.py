@@ -3,10 +3,10 @@
 :class:`Episodes` holds a frozen backbone, a data split on the device and the state of B
 episodes that all decide the same block at the same time. ``start(indices)`` runs the stem
 and block 0 on those images; ``step(execute)`` applies one decision per image to the next
-block (one batched :meth:`~skipenv.resnet.SkipResNet.advance`, real skipping) and, after the
+block (one batched :meth:`~skipenv.models.resnet.SkipResNet.advance`, real skipping) and, after the
 last block, runs the head. Both return batched numpy observations and infos (arrays with a
-leading B axis); ``step`` also returns the B rewards. :class:`~skipenv.env.SkipNetEnv` uses
-it with B = 1, :class:`~skipenv.vector_env.SkipNetVectorEnv` with B = num_envs, so the two
+leading B axis); ``step`` also returns the B rewards. :class:`~skipenv.envs.env.SkipNetEnv` uses
+it with B = 1, :class:`~skipenv.envs.vector_env.SkipNetVectorEnv` with B = num_envs, so the two
 agree by construction. The observation layout and the rewards are documented on SkipNetEnv.
 
 Per step, all compute stays on the device and one tensor crosses to the host (the
@@ -26,17 +26,17 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from skipenv.augment import normalize
-from skipenv.checkpoint import load_backbone
 from skipenv.data import CifarSplit, load_cifar10
-from skipenv.devices import resolve_device
-from skipenv.pretrained import (
+from skipenv.data.loader import normalize
+from skipenv.models.checkpoint import load_backbone
+from skipenv.models.pretrained import (
     default_pretrained,
     list_pretrained,
     pretrained_path,
     resolve_checkpoint,
 )
-from skipenv.resnet import Route, SkipResNet, build_resnet
+from skipenv.models.resnet import Route, SkipResNet, build_resnet
+from skipenv.training.devices import resolve_device
 
 OBS_MODES: tuple[str, ...] = ("vector", "activation", "dict")
 REWARDS: tuple[str, ...] = ("paper", "accuracy")
@@ -51,8 +51,9 @@ Obs = np.ndarray | dict[str, np.ndarray]
 
 
 def _default_checkpoint(depth: int) -> Path:
-    """The shipped pretrained backbone of ``depth``: the registry's ``default_for_depth`` entry
-    (:func:`skipenv.pretrained.default_pretrained`); a ValueError says what to pass if none."""
+    """The shipped pretrained backbone of ``depth``: the registry's ``default_for_depth``
+    entry (:func:`skipenv.models.pretrained.default_pretrained`); a ValueError says what to
+    pass if none."""
     name = default_pretrained(depth)
     if name is not None:
         return pretrained_path(name)
@@ -89,7 +90,8 @@ def resolve_backbone(
             )
         if not isinstance(backbone, SkipResNet):
             raise TypeError(
-                f"backbone must be a skipenv.resnet.SkipResNet, got {type(backbone).__name__}"
+                "backbone must be a skipenv.models.resnet.SkipResNet, got "
+                f"{type(backbone).__name__}"
             )
         return backbone
     if checkpoint is not None:

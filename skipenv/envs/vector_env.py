@@ -14,9 +14,9 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from skipenv.data import CifarSplit
-from skipenv.env import RENDER_MODES, render_episode, row
-from skipenv.episode import EpisodeFacts, Episodes, Obs, make_episodes
-from skipenv.resnet import SkipResNet
+from skipenv.envs.env import RENDER_MODES, render_episode, row
+from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, make_episodes
+from skipenv.models.resnet import SkipResNet
 
 
 def with_masks(info: dict[str, np.ndarray], num_envs: int) -> dict[str, np.ndarray]:
@@ -31,7 +31,7 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
     """``num_envs`` SkipNet-CIFAR10-v0 episodes, batched on the device.
 
     Observations, actions, rewards, episode end and info keys are those of
-    :class:`~skipenv.env.SkipNetEnv` (see its docstring), batched along a leading axis of
+    :class:`~skipenv.envs.env.SkipNetEnv` (see its docstring), batched along a leading axis of
     ``num_envs``. All episodes have the same length K and run in lockstep: each step runs the
     next block once, batched, on the images whose action is 1 (real skipping), so a step
     costs about what the backbone itself costs for that block.
@@ -50,7 +50,7 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
 
     Args:
         num_envs: N, the batch size.
-        The other arguments are those of :class:`~skipenv.env.SkipNetEnv`.
+        The other arguments are those of :class:`~skipenv.envs.env.SkipNetEnv`.
     """
 
     metadata: ClassVar[dict[str, Any]] = {

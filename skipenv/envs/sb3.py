@@ -16,7 +16,7 @@ reset observation), so other modes are refused.
 Attributes and methods: for :class:`gymnasium.vector.SyncVectorEnv` and
 :class:`~gymnasium.vector.AsyncVectorEnv`, ``get_attr`` / ``set_attr`` / ``env_method`` reach
 the sub-environments one by one, as SB3's ``DummyVecEnv`` does. Any other vector env (such as
-:class:`skipenv.vector_env.SkipNetVectorEnv`, which holds the whole batch in one object) has
+:class:`skipenv.envs.vector_env.SkipNetVectorEnv`, which holds the whole batch in one object) has
 its attributes shared by the batch: ``get_attr`` returns ``[value] * n`` and ``env_method``
 calls the method once and returns ``[result] * n``. ``action_masks`` is the exception, so that
 sb3_contrib's ``MaskablePPO`` works: it returns one mask per env, from the env's own
@@ -26,7 +26,7 @@ all-True masks.
 Episode statistics: wrap the adapter in SB3's ``VecMonitor`` to log episode returns.
 
     >>> from stable_baselines3 import PPO
-    >>> from skipenv.sb3 import make_sb3_vec_env
+    >>> from skipenv.envs.sb3 import make_sb3_vec_env
     >>> venv = make_sb3_vec_env(64, pretrained=False)  # doctest: +SKIP
     >>> PPO("MlpPolicy", venv, n_steps=64).learn(10_000)  # doctest: +SKIP
 """
@@ -383,7 +383,7 @@ def _mask_size(space: spaces.Space) -> int:
 def make_sb3_vec_env(num_envs: int, **env_kwargs: Any) -> SB3VecEnv:
     """``SkipNet-CIFAR10-v0`` as a batched vector env of ``num_envs`` episodes, for SB3.
 
-    ``env_kwargs`` are those of :class:`skipenv.env.SkipNetEnv` (``checkpoint=...`` or
+    ``env_kwargs`` are those of :class:`skipenv.envs.env.SkipNetEnv` (``checkpoint=...`` or
     ``pretrained=False``, ``split``, ``device``, ``reward``, ``obs_mode``, ...).
     """
     import skipenv  # noqa: F401  (registers the env id)

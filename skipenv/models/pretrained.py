@@ -1,6 +1,6 @@
 """Pretrained weights shipped inside the package: the registry, name lookup and export.
 
-``skipenv/weights/registry.json`` lists what ships, one entry per model::
+``skipenv/models/weights/registry.json`` lists what ships, one entry per model::
 
     {"name": "skipnet38-hrl-a0.6", "file": "skipnet38-hrl-a0.6.pt", "kind": "hrl", "depth": 38,
      "dataset": "cifar10", "default_for_depth": true, "val_accuracy": 0.886,
@@ -17,14 +17,14 @@ Anywhere a checkpoint is asked for (``gymnasium.make(..., checkpoint=...)``,
 ``train/evaluate.py --checkpoint``), a registered name works as well as a path:
 :func:`resolve_checkpoint` maps it to the shipped file.
 
-``$SKIPNET_PRETRAINED_DIR``, when set, replaces ``skipenv/weights`` with another folder holding
-a ``registry.json`` and its files: for tests and packagers, not for everyday use.
+``$SKIPNET_PRETRAINED_DIR``, when set, replaces ``skipenv/models/weights`` with another folder
+holding a ``registry.json`` and its files: for tests and packagers, not for everyday use.
 
 Command line::
 
-    python -m skipenv.pretrained list
-    python -m skipenv.pretrained export runs/hrl38/final.pt skipenv/weights/skipnet38-hrl.pt \\
-        --name skipnet38-hrl
+    python -m skipenv.models.pretrained list
+    python -m skipenv.models.pretrained export runs/hrl38/final.pt \\
+        skipenv/models/weights/skipnet38-hrl.pt --name skipnet38-hrl
 
 Importing this module does not import torch (``import skipenv`` stays fast); export does.
 """
@@ -45,8 +45,8 @@ from typing import Any
 ENV_DIR = "SKIPNET_PRETRAINED_DIR"
 REGISTRY = "registry.json"
 
-#: Kinds a shipped model may have: :data:`skipenv.checkpoint.BACKBONE_KINDS`, repeated here so
-#: that importing this module does not import torch.
+#: Kinds a shipped model may have: :data:`skipenv.models.checkpoint.BACKBONE_KINDS`, repeated
+#: here so that importing this module does not import torch.
 KINDS: tuple[str, ...] = ("base", "sp", "hrl")
 
 #: Fields of a registry entry, in the order the CLI shows them.
@@ -80,8 +80,9 @@ EXPORT_KEYS: tuple[str, ...] = (
 
 
 def _error(message: str) -> Exception:
-    """A :class:`skipenv.checkpoint.CheckpointError` (torch imported only when one is raised)."""
-    from skipenv.checkpoint import CheckpointError
+    """A :class:`skipenv.models.checkpoint.CheckpointError` (torch imported only when one is
+    raised)."""
+    from skipenv.models.checkpoint import CheckpointError
 
     return CheckpointError(message)
 
@@ -91,11 +92,11 @@ def _error(message: str) -> Exception:
 
 def weights_dir() -> Path:
     """The folder of the registry and the weights: ``$SKIPNET_PRETRAINED_DIR`` if set, else
-    ``skipenv/weights`` in the installed package."""
+    ``skipenv/models/weights`` in the installed package."""
     override = os.environ.get(ENV_DIR)
     if override:
         return Path(override).expanduser()
-    folder = importlib.resources.files("skipenv") / "weights"
+    folder = importlib.resources.files("skipenv.models") / "weights"
     if not isinstance(folder, os.PathLike):
         raise _error(
             f"skipenv is installed as {folder!r}, not as files on disk; shipped weights need a "
@@ -276,7 +277,7 @@ def export_weights(
     Keeps :data:`EXPORT_KEYS` (kind, arch, config, backbone ``model``, ``gate`` when present,
     metrics, step, epoch, wall_s) and records ``name``; drops optimizer, scheduler and RNG
     states. The backbone is rebuilt from the copy before it is written, so a copy that would
-    not load is never written. This is how a trained model goes into ``skipenv/weights/``
+    not load is never written. This is how a trained model goes into ``skipenv/models/weights/``
     (then add its registry entry and model-card section).
 
     Raises:
@@ -284,7 +285,7 @@ def export_weights(
         CheckpointError: the checkpoint is missing, of another kind, an sp/hrl one without its
             gate, or its weights do not fit its arch.
     """
-    from skipenv.checkpoint import (
+    from skipenv.models.checkpoint import (
         BACKBONE_KINDS,
         checkpoint_arch,
         load_backbone,
@@ -315,7 +316,7 @@ def registry_entry(
 ) -> dict[str, Any]:
     """A registry entry for exported weights ``path`` (metrics null: fill them in from
     ``train/evaluate.py --checkpoint NAME --split val``, and write a description)."""
-    from skipenv.checkpoint import checkpoint_arch, load_checkpoint
+    from skipenv.models.checkpoint import checkpoint_arch, load_checkpoint
 
     payload = load_checkpoint(path)
     arch = checkpoint_arch(payload)
@@ -367,7 +368,7 @@ def _print_list() -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m skipenv.pretrained",
+        prog="python -m skipenv.models.pretrained",
         description="List the shipped pretrained models, or export a trained checkpoint's "
         "weights for shipping.",
     )
@@ -377,7 +378,9 @@ def main(argv: list[str] | None = None) -> None:
         "export", help="write a weights-only copy of a checkpoint (no optimizer/RNG state)"
     )
     export.add_argument("checkpoint", type=Path, help="a base, sp or hrl checkpoint")
-    export.add_argument("out", type=Path, help="the .pt file to write, e.g. skipenv/weights/X.pt")
+    export.add_argument(
+        "out", type=Path, help="the .pt file to write, e.g. skipenv/models/weights/X.pt"
+    )
     export.add_argument("--name", required=True, help="the registry name of the model")
     export.add_argument(
         "--default-for-depth",
@@ -388,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "list":
         _print_list()
         return
-    from skipenv.checkpoint import CheckpointError
+    from skipenv.models.checkpoint import CheckpointError
 
     try:
         out = export_weights(args.checkpoint, args.out, name=args.name)

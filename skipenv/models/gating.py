@@ -4,8 +4,8 @@ A gate is called after every block but the last. It sees the activation ``h`` ju
 by block ``i`` (B x C x H x W) and returns p(execute block i + 1) for each image, plus an
 optional recurrent state it carries to its next call. The same object serves three places:
 
-- the network's batched forward (:meth:`skipenv.resnet.SkipResNet.forward_gated`),
-- one block at a time (:meth:`~skipenv.resnet.SkipResNet.start` / ``advance``), which is how
+- the network's batched forward (:meth:`skipenv.models.resnet.SkipResNet.forward_gated`),
+- one block at a time (:meth:`~skipenv.models.resnet.SkipResNet.start` / ``advance``), which is how
   an environment or an agent drives the network, one decision per step,
 - a checkpoint (it is an ``nn.Module``).
 

@@ -1,6 +1,6 @@
 """Running one training entry point on several processes (``torchrun --nproc_per_node=N``).
 
-Every rank builds the same :class:`~skipenv.augment.BatchLoader` with the same seed, so all
+Every rank builds the same :class:`~skipenv.data.loader.BatchLoader` with the same seed, so all
 ranks see the same global batches; each keeps its own rows (``rank::world_size``), runs
 forward and backward on them, and DistributedDataParallel averages the gradients. The global
 batch, the schedule and the data order are those of a one-process run. Only rank 0 writes
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from skipenv.devices import resolve_device
+from skipenv.training.devices import resolve_device
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ The same decisions can be applied three ways:
 One block at a time: :meth:`SkipResNet.start` runs the stem and block 0 and returns a
 :class:`Route`; :meth:`SkipResNet.advance` applies one decision per image to the next block;
 :meth:`SkipResNet.finish` runs the head. :meth:`SkipResNet.forward_gated` is exactly that loop
-with a :class:`~skipenv.gating.Gate` deciding, so an environment that calls ``advance`` once
+with a :class:`~skipenv.models.gating.Gate` deciding, so an environment that calls ``advance`` once
 per step reproduces the batched forward.
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipenv.flops import FlopsTable, conv_macs, linear_macs
-from skipenv.gating import Gate, decide
+from skipenv.models.flops import FlopsTable, conv_macs, linear_macs
+from skipenv.models.gating import Gate, decide
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -285,7 +285,7 @@ class SkipResNet(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"expected float images (normalised), got dtype {x.dtype}; "
-                "use skipenv.augment.normalize on uint8 images"
+                "use skipenv.data.loader.normalize on uint8 images"
             )
 
     def _check_decisions(self, d: torch.Tensor, x: torch.Tensor, name: str) -> None:
@@ -408,7 +408,8 @@ class SkipResNet(nn.Module):
         Args:
             x: B x 3 x H x W float images.
             gate: the policy; called once per decision.
-            mode: ``greedy``, ``sample``, ``hard`` or ``soft`` (see ``skipenv.gating.decide``).
+            mode: ``greedy``, ``sample``, ``hard`` or ``soft`` (see
+                ``skipenv.models.gating.decide``).
             routing: ``skip`` (real skipping; needs 0/1 decisions, so ``greedy``/``sample``)
                 or ``masked`` (every block computed; any mode).
             generator: randomness for ``sample``.

@@ -12,9 +12,9 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from skipenv.data import CifarSplit
-from skipenv.episode import EpisodeFacts, Episodes, Obs, make_episodes
-from skipenv.render import ansi_line, rgb_frame
-from skipenv.resnet import SkipResNet
+from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, make_episodes
+from skipenv.envs.render import ansi_line, rgb_frame
+from skipenv.models.resnet import SkipResNet
 
 RENDER_MODES = ("ansi", "rgb_array")
 
@@ -127,10 +127,10 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     - ``depth``: ResNet depth; a checkpoint of another depth is a ``CheckpointError``.
     - ``checkpoint``: the backbone's base, sp or hrl checkpoint: the name of a shipped
       pretrained model (``skipenv.list_pretrained()``) or a file path.
-    - ``backbone``: a :class:`~skipenv.resnet.SkipResNet` used as is (its depth wins); the
+    - ``backbone``: a :class:`~skipenv.models.resnet.SkipResNet` used as is (its depth wins); the
       environment moves it to ``device``, puts it in eval mode and freezes it.
     - ``pretrained``: with neither of the two, load the shipped pretrained backbone of
-      ``depth`` (the registry's ``default_for_depth`` entry, see :mod:`skipenv.pretrained`:
+      ``depth`` (the registry's ``default_for_depth`` entry, see :mod:`skipenv.models.pretrained`:
       ``skipnet38-hrl-a0.6`` for depth 38, the SkipNet-38 HRL backbone; where none ships, a
       ``ValueError`` says what to pass) or, if False, use random weights
       from a fixed seed.

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from skipenv.gating import Gate
-from skipenv.resnet import SkipResNet
+from skipenv.models.gating import Gate
+from skipenv.models.resnet import SkipResNet
 
 
 def evaluate_gated(

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from skipenv.resnet import DEPTHS, SkipResNet, build_resnet
+from skipenv.models.resnet import DEPTHS, SkipResNet, build_resnet
 
 FORMAT = "skipnet-gym/1"
 

@@ -1,0 +1,3 @@
+"""The network: CIFAR ResNets that really skip blocks, gates, MAC counts, checkpoints and
+the shipped weights.
+"""
