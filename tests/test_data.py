@@ -1,4 +1,4 @@
-"""Tests of skipenv.data (CIFAR-10 loading and caching) and skipenv.data.loader.
+"""Tests of skipenv.data: sources, cache, splits (CIFAR-10 loading) and the loader.
 
 Synthetic data only: small image-folder trees and official-style batch pickles written into
 tmp_path. Nothing is downloaded and the user's data root and cache are never touched.
@@ -20,7 +20,10 @@ import torch
 from PIL import Image
 from synthetic import write_folder, write_image
 
-import skipenv.data.sources as data_mod
+import skipenv.data.__main__ as data_cli
+import skipenv.data.cache as data_cache
+import skipenv.data.sources as data_sources
+import skipenv.data.splits as data_splits
 from skipenv.data import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
@@ -37,7 +40,7 @@ from skipenv.data import (
 from skipenv.data.loader import BatchLoader, augment, normalize
 
 TEST_PER_CLASS = 3
-REAL_DEFAULT_CACHE_DIR = data_mod.default_cache_dir  # before the autouse fixture patches it
+REAL_DEFAULT_CACHE_DIR = data_cache.default_cache_dir  # before the autouse fixture patches it
 
 
 # ------------------------------------------------------------------------- helpers
@@ -85,7 +88,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_download)
     monkeypatch.delenv("SKIPNET_DATA", raising=False)
-    monkeypatch.setattr(data_mod, "default_cache_dir", lambda: tmp_path / "default-cache")
+    monkeypatch.setattr(data_splits, "default_cache_dir", lambda: tmp_path / "default-cache")
 
 
 @pytest.fixture
@@ -323,7 +326,7 @@ def test_cache_hit_does_not_decode(folder_root, cache, monkeypatch) -> None:
     def no_decode(path: str) -> np.ndarray:
         raise AssertionError("decoded although the cache is valid")
 
-    monkeypatch.setattr(data_mod, "_decode_image_file", no_decode)
+    monkeypatch.setattr(data_sources, "_decode_image_file", no_decode)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         again = load_cifar10("train", root, cache_dir=cache, progress=False)
@@ -337,7 +340,7 @@ def test_cache_hit_for_batches(tmp_path, cache, monkeypatch) -> None:
     root = tmp_path / "data"
     write_batches(root)
     first = load_cifar10("train-full", root, cache_dir=cache)
-    monkeypatch.setattr(data_mod, "_read_batch_file", lambda p: 1 / 0)
+    monkeypatch.setattr(data_sources, "_read_batch_file", lambda p: 1 / 0)
     assert torch.equal(first.images, load_cifar10("train-full", root, cache_dir=cache).images)
 
 
@@ -391,13 +394,13 @@ def test_cache_rebuilt_when_source_changes(folder_root, cache) -> None:
 def test_cache_version_mismatch_and_rebuild_flag(folder_root, cache, monkeypatch) -> None:
     root, _, _ = folder_root
     load_cifar10("train-full", root, cache_dir=cache, progress=False)
-    monkeypatch.setattr(data_mod, "CACHE_FORMAT_VERSION", 999)
+    monkeypatch.setattr(data_cache, "CACHE_FORMAT_VERSION", 999)
     with pytest.warns(DataCacheWarning, match="format version 1, expected 999"):
         load_cifar10("train-full", root, cache_dir=cache, progress=False)
 
     calls = []
-    real = data_mod._decode_image_file
-    monkeypatch.setattr(data_mod, "_decode_image_file", lambda p: calls.append(p) or real(p))
+    real = data_sources._decode_image_file
+    monkeypatch.setattr(data_sources, "_decode_image_file", lambda p: calls.append(p) or real(p))
     load_cifar10("train-full", root, cache_dir=cache, progress=False, rebuild=True)
     assert len(calls) == 200
 
@@ -520,14 +523,14 @@ def test_batch_unpickler_refuses_code(tmp_path, cache) -> None:
 def test_cli(folder_root, cache, capsys) -> None:
     root, _, _ = folder_root
     assert (
-        data_mod.main(
+        data_cli.main(
             ["--root", str(root), "--split", "val", "--cache-dir", str(cache), "--no-progress"]
         )
         == 0
     )
     out = capsys.readouterr().out
     assert "val: 20 images" in out and "airplane 2" in out
-    assert data_mod.main(["--root", str(root / "nope"), "--cache-dir", str(cache)]) == 1
+    assert data_cli.main(["--root", str(root / "nope"), "--cache-dir", str(cache)]) == 1
     assert "does not exist" in capsys.readouterr().err
 
 

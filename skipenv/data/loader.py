@@ -16,7 +16,8 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from skipenv.data.sources import CIFAR10_MEAN, CIFAR10_STD, CifarSplit
+from skipenv.data.sources import CIFAR10_MEAN, CIFAR10_STD
+from skipenv.data.splits import CifarSplit
 
 __all__ = ["BatchLoader", "augment", "normalize"]
 

@@ -11,22 +11,21 @@ SkipNet checkpoints. ``model`` is always the backbone's state dict; a SkipNet ch
 its gate's in ``gate``. Checkpoints written before ``dataset`` was recorded are CIFAR-10 (the
 only data set this format has been trained on).
 
-written to a temporary file in the target folder, flushed to disk and renamed over the
-target, so a run killed at any moment leaves either the old or the new checkpoint, never a
+A checkpoint is written with :func:`skipenv.utils.atomic_write` (a temporary file in the
+target folder, flushed to disk and renamed over the target), so a run killed at any moment leaves either the old or the new checkpoint, never a
 torn one. It is read with ``torch.load(..., weights_only=True)``: plain containers, numbers,
 strings and tensors only, no arbitrary code.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from skipenv.models.resnet import DEPTHS, SkipResNet, build_resnet
+from skipenv.utils import atomic_write
 
 FORMAT = "skipnet-gym/1"
 
@@ -36,20 +35,9 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
-    """Write ``payload`` (with ``format`` added) to ``path`` atomically; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``payload`` (with ``format`` added) to ``path`` atomically
+    (:func:`skipenv.utils.atomic_write`); returns the path."""
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **payload}, f))
 
 
 def load_checkpoint(
