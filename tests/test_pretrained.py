@@ -486,6 +486,6 @@ def test_env_default_without_images_says_how_to_get_them(real_registry: Path, tm
 def test_package_data_ships_the_weights_folder() -> None:
     text = (REPO / "pyproject.toml").read_text()  # tomllib is 3.11+; the project supports 3.10
     section = text[text.index("[tool.setuptools.package-data]") :].split("\n[", 1)[0]
-    line = next(ln for ln in section.splitlines() if ln.startswith("skipenv ="))
+    line = next(ln for ln in section.splitlines() if ln.startswith('"skipenv.models" ='))
     globs = json.loads(line.split("=", 1)[1])
     assert {"weights/*.pt", "weights/*.json", "weights/*.md"} <= set(globs)

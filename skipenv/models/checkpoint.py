@@ -12,9 +12,10 @@ its gate's in ``gate``. Checkpoints written before ``dataset`` was recorded are 
 only data set this format has been trained on).
 
 A checkpoint is written with :func:`skipenv.utils.atomic_write` (a temporary file in the
-target folder, flushed to disk and renamed over the target), so a run killed at any moment leaves either the old or the new checkpoint, never a
-torn one. It is read with ``torch.load(..., weights_only=True)``: plain containers, numbers,
-strings and tensors only, no arbitrary code.
+target folder, flushed to disk and renamed over the target), so a run killed at any moment
+leaves either the old or the new checkpoint, never a torn one. It is read with
+``torch.load(..., weights_only=True)``: plain containers, numbers, strings and tensors only, no
+arbitrary code.
 """
 
 from __future__ import annotations
