@@ -83,7 +83,7 @@ def main() -> None:
     skipnet.train()
     freeze_batch_norm(skipnet)  # as train/hybrid.py does by default
     sampled: list[tuple[float, float]] = []  # (block fraction, FLOPs fraction) per HRL step
-    full_macs = skipnet.backbone.flops_table().full
+    table = skipnet.backbone.macs_table()  # flops_fraction: backbone MACs, gate left out
 
     def full_step() -> None:
         with autocast(device, args.amp):
@@ -108,7 +108,7 @@ def main() -> None:
         loss.backward()
         opts["hrl"].step()
         sampled.append(
-            (float(out.executed.float().mean()), float(out.macs.double().mean()) / full_macs)
+            (float(out.executed.float().mean()), float(table.flops_fraction(out.executed).mean()))
         )
 
     def sp_step() -> None:

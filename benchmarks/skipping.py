@@ -31,12 +31,12 @@ from pathlib import Path
 
 import torch
 
-from skipenv.models.flops import FlopsTable
+from skipenv.models.flops import MacsTable
 from skipenv.models.resnet import build_resnet
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 
-def rate_for_fraction(table: FlopsTable, fraction: float) -> float:
+def rate_for_fraction(table: MacsTable, fraction: float) -> float:
     """Execute probability per decided block giving an expected FLOPs fraction ``fraction``."""
     fixed = table.stem + table.head + table.block_execute[0] + sum(table.block_skip[1:])
     span = sum(table.block_execute[1:]) - sum(table.block_skip[1:])
@@ -67,14 +67,14 @@ def bench_depth(
     model = build_resnet(depth).to(device, memory_format=fmt).eval()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device, memory_format=fmt)
-    table = model.flops_table()
+    table = model.macs_table()
     cases: dict[tuple[str, float], Callable[[], object]] = {("full", 1.0): lambda: model(x)}
     measured: dict[float, float] = {}
     for fraction in fractions:
         rate = rate_for_fraction(table, fraction)
         execute = torch.rand(batch_size, model.num_decisions, generator=gen) < rate  # B x K
         executed = torch.cat([torch.ones(batch_size, 1, dtype=torch.bool), execute], dim=1)
-        measured[fraction] = float(table.fraction(executed).mean())
+        measured[fraction] = float(table.flops_fraction(executed).mean())
         execute = execute.to(device)
         gates = execute.float()  # B x K
         cases[("masked", fraction)] = lambda g=gates: model.forward_masked(x, g)

@@ -175,7 +175,7 @@ def test_loads_the_split_from_a_data_root(tmp_path, monkeypatch, tiny_model):
 
 def test_vector_observation_layout(tiny_model):
     env = make_env(tiny_model)
-    table = tiny_model.flops_table()
+    table = tiny_model.macs_table()
     c_max, n = 16, 6
     obs, _ = env.reset(options={"index": 3})
     with torch.inference_mode():
@@ -236,7 +236,7 @@ def test_observations_are_fresh_arrays(tiny_model):
 def test_rewards_by_hand(tiny_model):
     actions = [1, 0, 0, 1, 0]  # block 2 (a projecting block) is skipped, block 4 runs
     alpha, lam, k = 0.3, 2.0, 5
-    table = tiny_model.flops_table()
+    table = tiny_model.macs_table()
     paper = make_env(tiny_model, alpha=alpha)
     accuracy = make_env(tiny_model, reward="accuracy", lam=lam)
     with torch.inference_mode():
@@ -260,8 +260,8 @@ def test_rewards_by_hand(tiny_model):
 
     info = steps[-1][3]
     executed = torch.tensor([[True, *map(bool, actions)]])
-    assert info["macs"] == int(table.of(executed)[0])
-    assert info["flops_fraction"] == pytest.approx(float(table.fraction(executed)[0]))
+    assert info["macs"] == int(table.backbone_macs(executed)[0])
+    assert info["flops_fraction"] == pytest.approx(float(table.flops_fraction(executed)[0]))
     assert info["prediction"] == int(logits.argmax()) and info["correct"] == bool(correct)
 
 
@@ -316,7 +316,7 @@ def count_calls(model: SkipResNet) -> list[int]:
 def test_skipped_blocks_are_not_computed(tiny_model):
     env = make_env(tiny_model)
     calls = count_calls(tiny_model)
-    table = tiny_model.flops_table()
+    table = tiny_model.macs_table()
     *_, (_, _, terminated, info) = run_episode(env, [0] * 5, options={"index": 0})
     assert terminated and calls == [1, 0, 0, 0, 0, 0]
     np.testing.assert_array_equal(info["executed"], [True] + [False] * 5)
@@ -326,7 +326,7 @@ def test_skipped_blocks_are_not_computed(tiny_model):
     *_, (_, _, _, info) = run_episode(env, [1, 0, 1, 0, 1], options={"index": 0})
     assert calls == [1, 1, 0, 1, 0, 1]
     executed = torch.tensor([[True, True, False, True, False, True]])
-    assert info["macs"] == int(table.of(executed)[0])
+    assert info["macs"] == int(table.backbone_macs(executed)[0])
 
 
 # ---------------------------------------------------------------------------- rendering

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from skipenv.models.flops import FlopsTable
+from skipenv.models.flops import MacsTable
 from skipenv.models.gating import Gate
 from skipenv.models.resnet import SkipResNet, build_resnet
 
@@ -43,7 +43,7 @@ class ConvGate(Gate):
 def test_full_network_macs_equal_flop_counter(depth: int) -> None:
     model = build_resnet(depth).eval()
     x = torch.randn(2, 3, 32, 32)
-    assert counted_macs(lambda: model(x)) == 2 * model.flops_table().full
+    assert counted_macs(lambda: model(x)) == 2 * model.macs_table().full
 
 
 def test_partly_skipped_path_equals_flop_counter(tiny_model: SkipResNet) -> None:
@@ -53,8 +53,8 @@ def test_partly_skipped_path_equals_flop_counter(tiny_model: SkipResNet) -> None
         [[1, 0, 1, 0, 1], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 1, 0], [1, 1, 0, 0, 1]]
     ).bool()
     executed = torch.cat([torch.ones(5, 1, dtype=torch.bool), execute], dim=1)
-    table = tiny_model.flops_table()
-    expected = int(table.of(executed).sum())
+    table = tiny_model.macs_table()
+    expected = int(table.backbone_macs(executed).sum())
     assert counted_macs(lambda: tiny_model.forward_skip(x, execute)) == expected
     # the masked formulation computes everything (and each projection twice over)
     assert counted_macs(lambda: tiny_model.forward_masked(x, execute.float())) > expected
@@ -68,22 +68,37 @@ def test_gate_macs_are_counted(tiny_model: SkipResNet) -> None:
         out = tiny_model.forward_gated(x, gate)
     counted = counted_macs(lambda: tiny_model.forward_gated(x, gate))
     assert int(out.macs.sum()) == counted
-    table = tiny_model.flops_table(gate=gate)
-    assert torch.equal(table.of(out.executed), out.macs)
+    table = tiny_model.macs_table(gate=gate)
+    assert torch.equal(table.backbone_macs(out.executed) + table.gate_total, out.macs)
     assert len(table.gate) == tiny_model.num_decisions and sum(table.gate) > 0
 
 
 def test_table_by_hand_for_resnet8() -> None:
     model = build_resnet(8)  # one block per stage; blocks 1 and 2 project
-    t = model.flops_table()
+    t = model.macs_table()
     stem = 16 * 32 * 32 * 3 * 9
     b0 = 2 * 16 * 32 * 32 * 16 * 9
     b1_proj = 32 * 16 * 16 * 16
     b1 = 32 * 16 * 16 * 16 * 9 + 32 * 16 * 16 * 32 * 9 + b1_proj
     b2_proj = 64 * 8 * 8 * 32
     b2 = 64 * 8 * 8 * 32 * 9 + 64 * 8 * 8 * 64 * 9 + b2_proj
-    assert t == FlopsTable(stem, (b0, b1, b2), (0, b1_proj, b2_proj), 64 * 10)
+    assert t == MacsTable(stem, (b0, b1, b2), (0, b1_proj, b2_proj), 64 * 10)
     executed = torch.tensor([[True, False, False], [True, True, True]])
-    assert t.of(executed).tolist() == [stem + b0 + b1_proj + b2_proj + 640, t.full]
+    assert t.backbone_macs(executed).tolist() == [stem + b0 + b1_proj + b2_proj + 640, t.full]
     with pytest.raises(ValueError, match=r"B x 3"):
-        t.of(torch.ones(2, 2, dtype=torch.bool))
+        t.backbone_macs(torch.ones(2, 2, dtype=torch.bool))
+
+
+def test_flops_fraction_leaves_the_gate_out_and_the_with_gate_fraction_adds_it(
+    tiny_model: SkipResNet,
+) -> None:
+    gate = ConvGate(tiny_model.block_channels)
+    table = tiny_model.macs_table(gate=gate)
+    every = torch.ones(2, tiny_model.num_blocks, dtype=torch.bool)
+    assert table.flops_fraction(every).tolist() == [1.0, 1.0]
+    with_gate = table.flops_fraction_with_gate(every)
+    assert torch.allclose(with_gate, torch.full((2,), 1.0 + table.gate_total / table.full).double())
+    some = every.clone()
+    some[:, 2:] = False
+    assert float(table.flops_fraction(some)[0]) < 1.0
+    assert tiny_model.macs_table().gate_total == 0

@@ -44,7 +44,7 @@ def vector_obs(model: SkipResNet, route: Route) -> np.ndarray:
     obs = np.zeros((route.h.shape[0], c_max + 2), dtype=np.float32)
     obs[:, : pooled.shape[1]] = pooled.detach().numpy()
     obs[:, c_max] = route.next_block / model.num_blocks
-    obs[:, c_max + 1] = route.macs.double().numpy() / route.flops.full
+    obs[:, c_max + 1] = route.macs.double().numpy() / route.macs_table.full
     return obs
 
 
@@ -250,7 +250,7 @@ def test_agent_drives_env_like_forward_gated(
         assert actions == ref.executed[i, 1:].long().tolist()
         assert info["executed"].tolist() == ref.executed[i].tolist()
         assert info["prediction"] == int(ref.logits[i].argmax())
-        assert info["macs"] == int(ref.macs[i]) - sum(env.backbone.flops_table(gate=gate).gate)
+        assert info["macs"] == int(ref.macs[i]) - sum(env.backbone.macs_table(gate=gate).gate)
 
 
 @pytest.mark.parametrize("obs_mode", ["vector", "dict"])

@@ -60,4 +60,4 @@ def test_forward_gated_rules(tiny_model: SkipResNet) -> None:
     torch.testing.assert_close(out.logits, tiny_model(x))
     assert out.probs.shape == out.gates.shape == (3, tiny_model.num_decisions)
     assert out.executed.all()
-    assert torch.equal(out.macs, torch.full((3,), tiny_model.flops_table().full))
+    assert torch.equal(out.macs, torch.full((3,), tiny_model.macs_table().full))

@@ -138,7 +138,7 @@ def test_one_batched_call_per_block_on_the_executing_images(tiny_model):
 
 def test_same_step_autoreset(tiny_model):
     envs = make_vec(tiny_model, 3)
-    table = tiny_model.flops_table()
+    table = tiny_model.macs_table()
     envs.reset(seed=0, options={"indices": [0, 1, 2]})
     for _ in range(K - 1):
         obs, rewards, terminated, truncated, info = envs.step(np.ones(3, dtype=np.int64))
@@ -155,7 +155,7 @@ def test_same_step_autoreset(tiny_model):
         final_info["correct"], final_info["prediction"] == final_info["label"]
     )
     executed = torch.tensor([[True, True, True, True, True, False]] * 3)
-    np.testing.assert_array_equal(final_info["macs"], table.of(executed).numpy())
+    np.testing.assert_array_equal(final_info["macs"], table.backbone_macs(executed).numpy())
     # the returned observations are those of new episodes at block 1
     assert np.all(obs[:, 16] == np.float32(1 / 6)) and "prediction" not in info
     np.testing.assert_array_equal(info["next_block"], [1, 1, 1])

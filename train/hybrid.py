@@ -166,7 +166,7 @@ def main(args: Args) -> dict:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
     )
-    full_macs = model.backbone.flops_table().full  # per image, plain network
+    full_macs = model.backbone.macs_table().full  # per image, plain network
     steps_per_epoch = len(train_loader)
     total_steps = max(1, round(args.epochs * steps_per_epoch))
     eval_every = args.eval_every or steps_per_epoch

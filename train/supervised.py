@@ -109,7 +109,7 @@ def main(args: Args) -> dict:
         nesterov=True,
         weight_decay=args.weight_decay,
     )
-    full_macs = model.backbone.flops_table().full  # per image, plain network
+    full_macs = model.backbone.macs_table().full  # per image, plain network
     steps_per_epoch = len(train_loader)
     total_steps = args.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -215,10 +215,10 @@ class Episodes:
         self.labels = labels.to(device)  # N int64
         self.labels_np = labels.cpu().numpy()  # N int64
 
-        self.flops = backbone.flops_table(tuple(images.shape[-2:]))
-        self.full_macs = self.flops.full
-        self._execute_cost = np.array(self.flops.block_execute, dtype=np.int64)  # num_blocks
-        self._skip_cost = np.array(self.flops.block_skip, dtype=np.int64)  # num_blocks
+        self.macs_table = backbone.macs_table(tuple(images.shape[-2:]))
+        self.full_macs = self.macs_table.full
+        self._execute_cost = np.array(self.macs_table.block_execute, dtype=np.int64)  # num_blocks
+        self._skip_cost = np.array(self.macs_table.block_skip, dtype=np.int64)  # num_blocks
         self.c_max = max(backbone.block_channels)
         self.observation_space = observation_space(obs_mode, self.c_max, self.num_blocks)
 
@@ -268,7 +268,8 @@ class Episodes:
             self.indices = indices.copy()
             self.executed = np.zeros((b, self.num_blocks), dtype=bool)
             self.executed[:, 0] = True
-            self.macs = np.full(b, self.flops.stem + self.flops.block_execute[0], dtype=np.int64)
+            first = self.macs_table.stem + self.macs_table.block_execute[0]
+            self.macs = np.full(b, first, dtype=np.int64)
             self.prediction = None
             obs = self._observe(self._route.h)
         return obs, self._info()
@@ -297,7 +298,7 @@ class Episodes:
             self.next_block = block + 1
             if done:
                 self._route = None
-                self.macs += self.flops.head
+                self.macs += self.macs_table.head
                 self.prediction = final[:, 1].astype(np.int64)
             obs = self._observe(route.h)
 

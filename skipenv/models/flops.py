@@ -1,14 +1,22 @@
 """Exact compute accounting for a SkipNet: multiply-accumulates (MACs) of every conv and linear.
 
-Convention, as in the SkipNet paper and most of the literature: one "FLOP" here is one
-multiply-accumulate. Batch norm, ReLU, pooling and the residual addition are not counted.
+Counts are MACs, as in the SkipNet paper and most of the literature (there, "FLOPs"). Batch
+norm, ReLU, pooling and the residual addition are not counted.
 `torch.utils.flop_counter.FlopCounterMode` counts a multiply-accumulate as two FLOPs, so its
 totals are exactly twice ours (tests check this on full and partly skipped paths).
 
-A :class:`FlopsTable` holds, per image, the cost of the stem, of each block when it runs
-(its two 3x3 convs plus its projection shortcut, if any) and when it is skipped (only the
+A :class:`MacsTable` holds, per image, the MACs of the stem, of each block when it runs (its
+two 3x3 convs plus its projection shortcut, if any) and when it is skipped (only the
 projection, or nothing), of the head, and of each gate call. Everything a route costs follows
 from which blocks ran; the gate runs once per decision whatever it decides.
+
+Two fractions, one name each, used throughout the project:
+
+- ``flops_fraction``: MACs the backbone executes for an image (stem, executed blocks,
+  projections of skipped blocks, head) over :attr:`MacsTable.full`, the MACs of the full
+  plain network. What the environments report; at most 1.
+- ``flops_fraction_with_gate``: the same with the gate's MACs added (its calls run whatever
+  they decide); can exceed 1 when every block runs.
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ def linear_macs(linear: nn.Linear) -> int:
 
 
 @dataclass(frozen=True)
-class FlopsTable:
+class MacsTable:
     """Per-image MACs of each part of a SkipNet.
 
     Attributes:
@@ -48,8 +56,8 @@ class FlopsTable:
         block_execute: per block, MACs when it runs (both 3x3 convs and its projection).
         block_skip: per block, MACs when it is skipped (its projection shortcut, else 0).
         head: the classifier (pooling is free).
-        gate: per decision (num_blocks - 1 of them), MACs of the gate call that makes it;
-            empty without a gate.
+        gate: per decision (K = N - 1 of them), MACs of the gate call that makes it; empty
+            without a gate.
     """
 
     stem: int
@@ -76,34 +84,43 @@ class FlopsTable:
         """MACs of the plain network with every block run and no gates: the 100% reference."""
         return self.stem + sum(self.block_execute) + self.head
 
+    @property
+    def gate_total(self) -> int:
+        """MACs of all K gate calls of one image (0 without a gate)."""
+        return sum(self.gate)
+
     def gate_macs(self, decision: int) -> int:
         """MACs of the gate call that makes decision ``decision`` (0 without a gate)."""
         return self.gate[decision] if self.gate else 0
 
     def block_costs(self, device: torch.device | str | None = None) -> tuple[torch.Tensor, ...]:
-        """(execute, skip) MACs per block as int64 tensors: num_blocks each."""
+        """(execute, skip) MACs per block as int64 tensors: N each."""
         execute = torch.tensor(self.block_execute, dtype=torch.int64, device=device)
         skip = torch.tensor(self.block_skip, dtype=torch.int64, device=device)
         return execute, skip
 
-    def of(self, executed: torch.Tensor) -> torch.Tensor:
-        """MACs per image of whole routes, every gate call included.
+    def backbone_macs(self, executed: torch.Tensor) -> torch.Tensor:
+        """MACs the backbone executes per image for whole routes (no gate calls).
 
         Args:
-            executed: B x num_blocks bool, which blocks ran for each image.
+            executed: B x N bool, which blocks ran for each image.
 
         Returns:
-            B int64 MACs, stem and head included.
+            B int64 MACs: stem, executed blocks, projections of skipped blocks, head.
         """
         if executed.ndim != 2 or executed.shape[1] != self.num_blocks:
             raise ValueError(
                 f"executed must be B x {self.num_blocks} (one column per block), "
                 f"got shape {tuple(executed.shape)}"
             )
-        execute, skip = self.block_costs(executed.device)  # num_blocks each
+        execute, skip = self.block_costs(executed.device)  # N each
         blocks = torch.where(executed.bool(), execute, skip).sum(dim=1)  # B
-        return blocks + (self.stem + self.head + sum(self.gate))
+        return blocks + (self.stem + self.head)
 
-    def fraction(self, executed: torch.Tensor) -> torch.Tensor:
-        """MACs per image as a fraction of :attr:`full`: B float64."""
-        return self.of(executed).double() / self.full
+    def flops_fraction(self, executed: torch.Tensor) -> torch.Tensor:
+        """:meth:`backbone_macs` over :attr:`full`: B float64 in (0, 1]."""
+        return self.backbone_macs(executed).double() / self.full
+
+    def flops_fraction_with_gate(self, executed: torch.Tensor) -> torch.Tensor:
+        """(:meth:`backbone_macs` + :attr:`gate_total`) over :attr:`full`: B float64."""
+        return (self.backbone_macs(executed) + self.gate_total).double() / self.full

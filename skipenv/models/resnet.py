@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipenv.models.flops import FlopsTable, conv_macs, linear_macs
+from skipenv.models.flops import MacsTable, conv_macs, linear_macs
 from skipenv.models.gating import Gate, decide
 
 # ---------------------------------------------------------------------------- helpers
@@ -118,7 +118,7 @@ class BasicBlock(nn.Module):
         g = gate.view(-1, 1, 1, 1).to(x.dtype)  # B x 1 x 1 x 1
         return g * self(x) + (1.0 - g) * self.shortcut(x)
 
-    def forward_routed(self, x: torch.Tensor, execute: torch.Tensor) -> torch.Tensor:
+    def forward_skip(self, x: torch.Tensor, execute: torch.Tensor) -> torch.Tensor:
         """Run the block only on the images where ``execute`` (B bool) holds.
 
         The other images take the shortcut. Without autograd, the identity case writes the
@@ -158,9 +158,9 @@ class Route:
     Attributes:
         h: output of the last block (run or skipped): B x C x H x W.
         next_block: index of the block the next decision is about; ``num_blocks`` when done.
-        executed: B x num_blocks bool, blocks run so far (block 0 always).
+        executed: B x N bool, blocks run so far (block 0 always).
         macs: B int64, MACs spent so far (stem, blocks, projections, gate calls).
-        flops: the table the MACs are counted with.
+        macs_table: the table the MACs are counted with.
         gate_state: the gate's recurrent state, for callers that drive a gate step by step.
     """
 
@@ -168,13 +168,13 @@ class Route:
     next_block: int
     executed: torch.Tensor
     macs: torch.Tensor
-    flops: FlopsTable
+    macs_table: MacsTable
     gate_state: Any = None
 
     @property
     def done(self) -> bool:
         """Whether every block has been decided (the head may run)."""
-        return self.next_block >= self.flops.num_blocks
+        return self.next_block >= self.macs_table.num_blocks
 
 
 @dataclass
@@ -185,8 +185,9 @@ class GatedOutput:
         logits: B x num_classes.
         probs: B x K, p(execute) from the gate for each decision.
         gates: B x K, the gate values applied (0/1 except in ``soft`` mode).
-        executed: B x num_blocks bool, which blocks ran (block 0 always).
-        macs: B int64, MACs spent per image, gate calls included.
+        executed: B x N bool, which blocks ran (block 0 always).
+        macs: B int64, MACs spent per image, gate calls included (``flops_fraction`` leaves
+            them out: ``MacsTable.flops_fraction(executed)``).
     """
 
     logits: torch.Tensor
@@ -261,9 +262,9 @@ class SkipResNet(nn.Module):
         """Output channels of each block."""
         return tuple(b.conv2.out_channels for b in self.blocks)
 
-    def flops_table(
+    def macs_table(
         self, image_size: tuple[int, int] = (32, 32), gate: Gate | None = None
-    ) -> FlopsTable:
+    ) -> MacsTable:
         """Per-image MACs of every part for ``image_size`` inputs, with ``gate``'s calls."""
         stem, hw = conv_macs(self.stem[0], image_size)
         execute, skip, gate_macs = [], [], []
@@ -273,7 +274,7 @@ class SkipResNet(nn.Module):
             skip.append(skipped)
             if gate is not None and i < self.num_decisions:
                 gate_macs.append(gate.macs(i, (block.conv2.out_channels, *hw)))
-        return FlopsTable(
+        return MacsTable(
             stem, tuple(execute), tuple(skip), linear_macs(self.head[-1]), tuple(gate_macs)
         )
 
@@ -325,7 +326,7 @@ class SkipResNet(nn.Module):
         execute = execute.bool()
         h = self.blocks[0](self.stem(x))
         for k in range(self.num_decisions):
-            h = self.blocks[k + 1].forward_routed(h, execute[:, k])
+            h = self.blocks[k + 1].forward_skip(h, execute[:, k])
         return self.head(h)
 
     # -- one block at a time
@@ -337,7 +338,7 @@ class SkipResNet(nn.Module):
         ``Route.gate_state``); callers that decide otherwise leave it out.
         """
         self._check_input(x)
-        table = self.flops_table(tuple(x.shape[-2:]), gate)
+        table = self.macs_table(tuple(x.shape[-2:]), gate)
         h = self.blocks[0](self.stem(x))  # B x C x H x W
         executed = torch.zeros(x.shape[0], self.num_blocks, dtype=torch.bool, device=x.device)
         executed[:, 0] = True
@@ -348,7 +349,7 @@ class SkipResNet(nn.Module):
         return Route(h, 1, executed, macs, table, state)
 
     def _charge(self, route: Route, execute: torch.Tensor) -> None:
-        i, table = route.next_block, route.flops
+        i, table = route.next_block, route.macs_table
         route.executed[:, i] = execute
         cost = torch.where(execute, table.block_execute[i], table.block_skip[i])  # B
         route.macs += cost + table.gate_macs(i - 1)
@@ -371,7 +372,7 @@ class SkipResNet(nn.Module):
         """
         self._check_step(route, execute)
         execute = execute.bool()
-        route.h = self.blocks[route.next_block].forward_routed(route.h, execute)
+        route.h = self.blocks[route.next_block].forward_skip(route.h, execute)
         self._charge(route, execute)
         return route
 
@@ -392,7 +393,7 @@ class SkipResNet(nn.Module):
                 f"block {route.next_block} of {self.num_blocks} is still undecided; "
                 "call advance() until route.done"
             )
-        route.macs += route.flops.head
+        route.macs += route.macs_table.head
         return self.head(route.h)
 
     def forward_gated(
@@ -433,7 +434,7 @@ class SkipResNet(nn.Module):
             probs.append(p)
             gates.append(g)
         logits = self.head(route.h)  # B x num_classes
-        route.macs += route.flops.head
+        route.macs += route.macs_table.head
         probs_t = torch.stack(probs, dim=1) if probs else x.new_zeros(x.shape[0], 0)  # B x K
         gates_t = torch.stack(gates, dim=1) if gates else x.new_zeros(x.shape[0], 0)  # B x K
         return GatedOutput(logits, probs_t, gates_t, route.executed, route.macs)

@@ -1,9 +1,12 @@
 """Evaluating a (gated) network: accuracy, executed FLOPs, block computation, skip rates, speed.
 
-Two measures of computation are reported, as the method asks:
+Measures of computation reported, as the method asks (names as in
+:mod:`skipenv.models.flops`):
 
-- ``flops_fraction``: MACs actually run per image (stem, executed blocks, projection
-  shortcuts of skipped blocks, gate calls, head) over the MACs of the full plain network.
+- ``flops_fraction``: MACs the backbone actually runs per image (stem, executed blocks,
+  projection shortcuts of skipped blocks, head) over the MACs of the full plain network; what
+  the environments report.
+- ``flops_fraction_with_gate``: the same with the gate's calls added.
 - ``block_fraction``: the paper's "computation percentage": executed blocks over all blocks,
   block 0 counted as executed; gates and shortcuts ignored.
 """
@@ -38,15 +41,16 @@ def evaluate_gated(
         autocast: an optional context manager factory (e.g. ``lambda: torch.autocast(...)``).
 
     Returns:
-        ``accuracy``, ``loss``, ``flops_fraction``, ``block_fraction``, ``skip_rates`` (per
-        block, block 0 first), ``images_per_s``, ``num_images``.
+        ``accuracy``, ``loss``, ``flops_fraction``, ``flops_fraction_with_gate``,
+        ``block_fraction``, ``skip_rates`` (per block, block 0 first), ``images_per_s``,
+        ``num_images``.
     """
     modules = [backbone] + ([gate] if gate is not None else [])
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
     correct, loss, n, seconds = 0, 0.0, 0, 0.0
-    macs = 0
+    macs = 0  # backbone MACs of all images, gate calls left out
     executed_sum: torch.Tensor | None = None
     table = None
     try:
@@ -58,21 +62,18 @@ def evaluate_gated(
                         logits = backbone(x)  # B x classes
                         executed = torch.ones(
                             x.shape[0], backbone.num_blocks, dtype=torch.bool, device=x.device
-                        )
-                        table = table or backbone.flops_table(tuple(x.shape[-2:]))
-                        batch_macs = table.full * x.shape[0]
+                        )  # B x N
                     else:
                         out = backbone.forward_gated(x, gate, mode="greedy", routing="skip")
                         logits, executed = out.logits, out.executed  # B x classes, B x N
-                        table = table or backbone.flops_table(tuple(x.shape[-2:]))
-                        batch_macs = int(out.macs.sum())
                 if x.device.type == "cuda":
                     torch.cuda.synchronize(x.device)
                 seconds += time.perf_counter() - started
+                table = table or backbone.macs_table(tuple(x.shape[-2:]), gate)
                 loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == y).sum())
                 n += y.numel()
-                macs += batch_macs
+                macs += int(table.backbone_macs(executed).sum())
                 counts = executed.sum(dim=0).cpu()  # N
                 executed_sum = counts if executed_sum is None else executed_sum + counts
     finally:
@@ -85,6 +86,7 @@ def evaluate_gated(
         "accuracy": correct / n,
         "loss": loss / n,
         "flops_fraction": macs / (n * table.full),
+        "flops_fraction_with_gate": (macs + n * table.gate_total) / (n * table.full),
         "block_fraction": float(run_rates.mean()),
         "skip_rates": [round(1.0 - float(r), 6) for r in run_rates],
         "images_per_s": n / seconds if seconds > 0 else float("nan"),
