@@ -12,16 +12,19 @@ package, the agents and the entry points:
 
 Helpers: :func:`atomic_write` (the one way files are written: data cache, checkpoints,
 exported weights), :func:`check_int` and :func:`check_real` (argument validation with one
-error wording).
+error wording), :func:`import_script` (one entry point or a test importing another).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import secrets
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import IO, Any
 
 
@@ -69,3 +72,29 @@ def check_real(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+def import_script(path: str | os.PathLike[str]) -> ModuleType:
+    """Import the Python file ``path`` as a module named ``script_<stem>`` (once: later calls
+    return the same module), without touching ``sys.path``.
+
+    The entry points in ``train/`` are scripts, not a package; this is how one imports another
+    (``train/hybrid.py`` runs ``train/supervised.py`` first) and how the tests load them. The
+    module is registered in ``sys.modules`` before it runs, as dataclasses need.
+    """
+    path = Path(path).resolve()
+    name = f"script_{path.stem}"
+    module = sys.modules.get(name)
+    if module is not None and Path(getattr(module, "__file__", "")).resolve() == path:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from synthetic import write_folder
 
 from agents.gate_agent import GateAgent
@@ -21,18 +21,7 @@ from skipenv.envs.env import SkipNetEnv
 from skipenv.models.checkpoint import save_checkpoint
 from skipenv.models.resnet import build_resnet
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_script("compare_agents")
+compare = load_script("scripts/compare_agents.py")
 
 
 @pytest.fixture

@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ENV_ID, synthetic_split
 from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from synthetic import write_folder
 
 import skipenv
-from skipenv.data import CifarSplit, DataError
+from skipenv.data import DataError
 from skipenv.data.loader import normalize
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.episode import random_backbone
@@ -29,15 +30,7 @@ from skipenv.models.checkpoint import CheckpointError, save_checkpoint
 from skipenv.models.resnet import SkipResNet, build_resnet
 from skipenv.training.devices import resolve_device
 
-ENV_ID = "SkipNet-CIFAR10-v0"
 MODES = ("vector", "activation", "dict")
-
-
-def synthetic_split(n: int = 20, seed: int = 0) -> CifarSplit:
-    """Random uint8 images, labels cycling over the 10 classes."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return CifarSplit(images, torch.arange(n) % 10, split="synthetic")
 
 
 def make_env(backbone: SkipResNet, **kwargs) -> SkipNetEnv:

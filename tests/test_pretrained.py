@@ -6,7 +6,6 @@ A tiny registry (ResNet-14, widths 4/8/16: a base and an SP model) lives in a tm
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -16,12 +15,12 @@ from pathlib import Path
 import gymnasium
 import pytest
 import torch
+from conftest import ENV_ID, load_script, synthetic_split
 from synthetic import write_folder
 
 import skipenv
 from agents.gates import RNNGate
 from agents.skipnet import SkipNet, load_skipnet
-from skipenv.data import CifarSplit
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models import pretrained
@@ -45,16 +44,9 @@ from skipenv.models.pretrained import (
 from skipenv.models.resnet import SkipResNet, build_resnet
 
 REPO = Path(__file__).resolve().parents[1]
-ENV_ID = "SkipNet-CIFAR10-v0"
 BASE, SP = "tiny14-base", "tiny14-sp"
 ARCH = {"name": "cifar_resnet", "dataset": "cifar10", "depth": 14, "num_classes": 10}
 TRAINING_ONLY = ("optimizer", "scheduler", "rng")
-
-
-def synthetic_split(n: int = 10) -> CifarSplit:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return CifarSplit(images, torch.arange(n) % 10, split="synthetic")
 
 
 def tiny_backbone(seed: int) -> SkipResNet:
@@ -189,7 +181,7 @@ def test_registered_file_missing_from_the_install(tmp_path: Path, monkeypatch) -
     with pytest.raises(CheckpointError, match=f"{BASE}.pt is missing"):
         pretrained_path(BASE)
     with pytest.raises(CheckpointError, match="missing"):
-        SkipNetEnv(depth=14, data=synthetic_split(), device="cpu")
+        SkipNetEnv(depth=14, data=synthetic_split(10), device="cpu")
 
 
 @pytest.mark.parametrize(
@@ -323,16 +315,16 @@ def test_module_cli_runs_without_importing_torch(shipped: Path) -> None:
 
 
 def test_env_default_backbone_is_the_default_for_depth(shipped: Path, trained: dict) -> None:
-    env = gymnasium.make(ENV_ID, depth=14, data=synthetic_split(), device="cpu")
+    env = gymnasium.make(ENV_ID, depth=14, data=synthetic_split(10), device="cpu")
     assert_same_weights(env.unwrapped.backbone, trained["sp"].backbone)
     env.reset(seed=0)
     env.step(1)
     env.close()
-    venv = SkipNetVectorEnv(2, depth=14, data=synthetic_split(), device="cpu")
+    venv = SkipNetVectorEnv(2, depth=14, data=synthetic_split(10), device="cpu")
     assert_same_weights(venv.backbone, trained["sp"].backbone)
     venv.close()
     with pytest.raises(ValueError, match=f"no pretrained ResNet-38 .*{BASE}, {SP}"):
-        SkipNetEnv(data=synthetic_split(), device="cpu")
+        SkipNetEnv(data=synthetic_split(10), device="cpu")
 
 
 def test_load_skipnet_takes_a_shipped_name(shipped: Path, trained: dict) -> None:
@@ -347,35 +339,25 @@ def test_load_skipnet_takes_a_shipped_name(shipped: Path, trained: dict) -> None
 
 
 def test_env_checkpoint_by_name_or_path(shipped: Path, trained: dict) -> None:
-    env = SkipNetEnv(checkpoint=BASE, depth=14, data=synthetic_split(), device="cpu")
+    env = SkipNetEnv(checkpoint=BASE, depth=14, data=synthetic_split(10), device="cpu")
     assert_same_weights(env.backbone, trained["base"])
     env = SkipNetEnv(
-        checkpoint=trained["base_path"], depth=14, data=synthetic_split(), device="cpu"
+        checkpoint=trained["base_path"], depth=14, data=synthetic_split(10), device="cpu"
     )
     assert_same_weights(env.backbone, trained["base"])
     with pytest.raises(CheckpointError, match=r"ResNet-14, but depth=38"):
-        SkipNetEnv(checkpoint=SP, data=synthetic_split(), device="cpu")
+        SkipNetEnv(checkpoint=SP, data=synthetic_split(10), device="cpu")
     with pytest.raises(CheckpointError, match=f"shipped: {BASE}, {SP}"):
-        SkipNetEnv(checkpoint="tiny14-hrl", depth=14, data=synthetic_split(), device="cpu")
+        SkipNetEnv(checkpoint="tiny14-hrl", depth=14, data=synthetic_split(10), device="cpu")
 
 
 # ---------------------------------------------------------------------------- evaluate.py
 
 
-def load_evaluate():
-    spec = importlib.util.spec_from_file_location(
-        "train_evaluate_for_pretrained", REPO / "train" / "evaluate.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path, monkeypatch):
     write_folder(tmp_path / "data" / "cifar10-jpeg" / "train", per_class=10)  # 10 val
     monkeypatch.setenv("SKIPNET_CACHE", str(tmp_path / "cache"))
-    evaluate = load_evaluate()
+    evaluate = load_script("train/evaluate.py")
 
     def run(checkpoint):
         args = evaluate.Args(
@@ -466,13 +448,13 @@ def test_the_model_card_quotes_the_registry(real_registry: Path) -> None:
 
 
 def test_env_default_is_the_shipped_hrl_backbone(real_registry: Path) -> None:
-    env = gymnasium.make(ENV_ID, data=synthetic_split(), device="cpu")  # no checkpoint given
+    env = gymnasium.make(ENV_ID, data=synthetic_split(10), device="cpu")  # no checkpoint given
     hrl = load_skipnet(DEFAULT)
     assert_same_weights(env.unwrapped.backbone, hrl.backbone)
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     env.close()
-    lean = SkipNetEnv(checkpoint="skipnet38-hrl-a1", data=synthetic_split(), device="cpu")
+    lean = SkipNetEnv(checkpoint="skipnet38-hrl-a1", data=synthetic_split(10), device="cpu")
     assert_same_weights(lean.backbone, load_skipnet("skipnet38-hrl-a1").backbone)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,23 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, load_script
 from synthetic import write_folder
 
 from skipenv.models.checkpoint import CheckpointError, load_checkpoint
 from skipenv.models.resnet import SkipResNet
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"train_{name}", REPO / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-base = load_script("base")
+base = load_script("train/base.py")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import os
@@ -14,29 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, load_script
 from synthetic import write_folder
 
 from agents.skipnet import load_skipnet
 from skipenv.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skipenv.models.resnet import build_resnet
 
-REPO = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'train'}"}
+ENV = os.environ | {"PYTHONPATH": str(REPO)}
 
 
-def load_script(name: str):
-    if str(REPO / "train") not in sys.path:
-        sys.path.insert(0, str(REPO / "train"))  # hybrid.py imports supervised.py
-    spec = importlib.util.spec_from_file_location(name, REPO / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-supervised = load_script("supervised")
-hybrid = load_script("hybrid")
-evaluate = load_script("evaluate")
+supervised = load_script("train/supervised.py")
+hybrid = load_script("train/hybrid.py")
+evaluate = load_script("train/evaluate.py")
 
 
 @pytest.fixture(scope="module")

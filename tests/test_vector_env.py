@@ -6,23 +6,15 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from conftest import ENV_ID, synthetic_split
 from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from skipenv.data import CifarSplit
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.resnet import SkipResNet
 
-ENV_ID = "SkipNet-CIFAR10-v0"
 K = 5  # decisions of the tiny ResNet-14
-
-
-def synthetic_split(n: int = 20, seed: int = 0) -> CifarSplit:
-    """Random uint8 images, labels cycling over the 10 classes."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
-    return CifarSplit(images, torch.arange(n) % 10, split="synthetic")
 
 
 def make_vec(backbone: SkipResNet, num_envs: int = 4, **kwargs) -> SkipNetVectorEnv:

@@ -17,9 +17,6 @@ continues with the same batches it would have seen.
 
 from __future__ import annotations
 
-import itertools
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,21 +24,13 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from skipenv.data.loader import BatchLoader
-from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, tune_cpu_allocator
-from skipenv.training.runs import (
-    RunArgs,
-    RunDir,
-    cifar_loaders,
-    config_dict,
-    rng_state,
-    set_rng_state,
-)
+from skipenv.training.evaluation import evaluate_gated
+from skipenv.training.loop import StepOutput, train
+from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
 
 
 @dataclass
@@ -65,20 +54,6 @@ class Args(RunArgs):
     test-time rescaling): each training image draws a drop rate r uniformly in
     [0, drop_max] and skips each block after the first with probability r, really skipped
     (``forward_skip``), so training sees the routes a gate produces; 0 trains the plain net"""
-
-
-def evaluate(model: torch.nn.Module, loader: BatchLoader) -> dict[str, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` over ``loader``."""
-    model.eval()
-    correct, loss, n = 0, 0.0, 0
-    with torch.inference_mode():
-        for x, y in loader:
-            logits = model(x)  # B x 10
-            loss += float(F.cross_entropy(logits, y, reduction="sum"))
-            correct += int((logits.argmax(dim=1) == y).sum())
-            n += y.numel()
-    model.train()
-    return {"accuracy": correct / n, "loss": loss / n}
 
 
 def random_routes(
@@ -118,8 +93,7 @@ def main(args: Args) -> dict[str, float]:
         nesterov=True,
         weight_decay=args.weight_decay,
     )
-    steps_per_epoch = len(train_loader)
-    total_steps = args.epochs * steps_per_epoch
+    total_steps = args.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=total_steps, pct_start=args.warmup_fraction
     )
@@ -130,99 +104,50 @@ def main(args: Args) -> dict[str, float]:
         "num_classes": 10,
         "widths": list(model.widths),
     }
-    config = config_dict(args)
 
-    # resume
-    step, wall_before = 0, 0.0  # steps and training seconds of earlier runs of this job
-    if args.resume:
-        ckpt = run.load_last(("base",), map_location=device)
-        if checkpoint_arch(ckpt) != arch:
-            raise CheckpointError(f"{run.last} holds {ckpt['arch']}, but this run is {arch}")
+    # one step
+    def step(x: torch.Tensor, y: torch.Tensor, _: int) -> StepOutput:
+        with autocast(device, args.amp):
+            if args.drop_max > 0:
+                execute = random_routes(x.shape[0], model.num_decisions, args.drop_max, device)
+                logits = model.forward_skip(x, execute)  # B x 10
+            else:
+                logits = net(x)  # B x 10
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return StepOutput(logits, loss.item(), show={"lr": f"{scheduler.get_last_lr()[0]:.4f}"})
+
+    # checkpoint entries of this entry point
+    def state() -> dict:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+
+    def restore(ckpt: dict) -> None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step, wall_before = ckpt["step"], ckpt["wall_s"]
 
-    def checkpoint(metrics: dict, final: bool = False) -> None:
-        run.save(
-            {
-                "kind": "base",
-                "config": config,
-                "arch": arch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "metrics": metrics,
-                "wall_s": wall_before + time.monotonic() - started,
-            },
-            final=final,
-        )
-
-    # train
-    net.train()
-    started, metrics = time.monotonic(), {}
-    end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    bar = tqdm(
-        total=end,
-        initial=step,
-        disable=not (args.progress and dist.is_main),
-        unit="step",
-        dynamic_ncols=True,
+    return train(
+        args,
+        run=run,
+        dist=dist,
+        kind="base",
+        arch=arch,
+        config=config_dict(args),
+        train_loader=train_loader,
+        total_steps=total_steps,
+        step=step,
+        evaluate=lambda: evaluate_gated(model, None, eval_loader),
+        state=state,
+        restore=restore,
+        train_mode=net.train,
     )
-    while step < end:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)
-        batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
-        correct = seen = 0
-        for x, y in distributed.shard(batches, dist):
-            with autocast(device, args.amp):
-                if args.drop_max > 0:
-                    execute = random_routes(x.shape[0], model.num_decisions, args.drop_max, device)
-                    logits = model.forward_skip(x, execute)  # B x 10
-                else:
-                    logits = net(x)  # B x 10
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            correct += int((logits.argmax(dim=1) == y).sum())
-            seen += y.numel()
-            bar.update()
-            bar.set_postfix(
-                epoch=epoch,
-                loss=f"{loss.item():.3f}",
-                acc=f"{correct / seen:.3f}",
-                lr=f"{scheduler.get_last_lr()[0]:.4f}",
-            )
-            if step >= end:
-                break
-            if run.due(args.checkpoint_minutes):
-                checkpoint(metrics)
-        if step % steps_per_epoch == 0 or step == end:
-            metrics = {"step": step, "epoch": step / steps_per_epoch}
-            if dist.is_main:
-                held_out = evaluate(model, eval_loader)
-                metrics |= {f"{args.eval_split}_{k}": v for k, v in held_out.items()}
-            metrics |= {
-                "train_accuracy": correct / max(seen, 1),
-                "wall_s": wall_before + time.monotonic() - started,
-            }
-            distributed.barrier(dist)
-            run.log(metrics)
-            if dist.is_main:
-                bar.write(json.dumps(metrics))
-            checkpoint(metrics)
-    bar.close()
-    if step == total_steps:
-        checkpoint(metrics, final=True)
-    distributed.teardown(dist)
-    return metrics
 
 
 if __name__ == "__main__":

@@ -34,33 +34,26 @@ accuracy returns (scripts/train_pretrained38.sh).
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import json
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import supervised  # train/supervised.py: the SP stage, run first when --sp is not given
 import torch
 import tyro
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from agents.reinforce import BASELINES, hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
-from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
-from skipenv.training.runs import (
-    RunArgs,
-    RunDir,
-    cifar_loaders,
-    config_dict,
-    rng_state,
-    set_rng_state,
-)
+from skipenv.training.loop import StepOutput, train
+from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
+from skipenv.utils import import_script
+
+# train/supervised.py, the SP stage run first when --sp is not given (the entry points are
+# scripts, not a package: imported by path)
+supervised = import_script(Path(__file__).with_name("supervised.py"))
 
 
 @dataclass
@@ -155,7 +148,6 @@ def main(args: Args) -> dict:
     # model: the SP network (or the checkpoint being resumed)
     model = load_skipnet(run.last if args.resume else sp_path, map_location=device)
     model = model.to(device, memory_format=fmt)
-    arch = model.arch()
     # a block skipped by every image of a batch gets no gradient that step
     net = DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
     optimizer = torch.optim.SGD(
@@ -166,118 +158,70 @@ def main(args: Args) -> dict:
         momentum=args.momentum,
         weight_decay=args.weight_decay,
     )
-    full_macs = model.backbone.macs_table().full  # per image, plain network
-    steps_per_epoch = len(train_loader)
-    total_steps = max(1, round(args.epochs * steps_per_epoch))
-    eval_every = args.eval_every or steps_per_epoch
+    table = model.backbone.macs_table()
+    total_steps = max(1, round(args.epochs * len(train_loader)))
     config = config_dict(args)
     config["sp"] = str(sp_path)
-
-    step, wall_before = 0, 0.0
-    if args.resume:
-        ckpt = run.load_last(("hrl",), map_location=device)
-        if checkpoint_arch(ckpt) != arch:
-            raise CheckpointError(f"{run.last} holds {ckpt['arch']}, but this run is {arch}")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        step, wall_before = ckpt["step"], ckpt["wall_s"]
-
-    def checkpoint(metrics: dict, final: bool = False) -> None:
-        run.save(
-            {
-                "kind": "hrl",
-                "config": config,
-                "arch": arch,
-                "model": model.backbone.state_dict(),
-                "gate": model.gate.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "rng": rng_state(),
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "metrics": metrics,
-                "wall_s": wall_before + time.monotonic() - started,
-            },
-            final=final,
-        )
-
-    # train
-    net.train()
-    if args.freeze_bn:
-        freeze_batch_norm(model)
     generator = torch.Generator(device=device)
-    started, metrics = time.monotonic(), {}
-    end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    bar = tqdm(total=end, initial=step, disable=not (args.progress and dist.is_main), unit="step")
-    correct = seen = 0
-    executed_sum = 0.0
-    while step < end:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)
-        batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
-        for x, y in distributed.shard(batches, dist):
-            generator.manual_seed((args.seed * 1_000_003 + step) * 64 + dist.rank)
-            loss, ce, out = hrl_step_loss(
-                model,
-                x,
-                y,
-                net=net,
-                generator=generator,
-                alpha=args.alpha,
-                gamma=args.gamma,
-                rl_weight=args.rl_weight,
-                baseline=args.baseline,
-                explore=args.explore,
-                amp=args.amp,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            scale = lr_scale(args.schedule, step, total_steps)
-            for group, base_lr in zip(optimizer.param_groups, (args.lr, args.gate_lr), strict=True):
-                group["lr"] = base_lr * scale
-            optimizer.step()
-            step += 1
-            correct += int((out.logits.argmax(dim=1) == y).sum())
-            seen += y.numel()
-            executed_sum += float(out.executed.float().mean()) * y.numel()
-            bar.update()
-            bar.set_postfix(
-                epoch=epoch,
-                ce=f"{ce.item():.3f}",
-                acc=f"{correct / seen:.3f}",
-                blocks=f"{executed_sum / seen:.3f}",
-                flops=f"{float(out.macs.double().mean()) / full_macs:.3f}",
-                p=f"{out.probs.mean().item():.3f}",
-                lr=f"{args.lr * scale:.2g}",
-            )
-            if step % eval_every == 0 or step == end:
-                metrics = {"step": step, "epoch": step / steps_per_epoch}
-                if dist.is_main:
-                    val = evaluate_gated(model.backbone, model.gate, eval_loader)
-                    metrics |= {f"{args.eval_split}_{k}": v for k, v in val.items()}
-                metrics |= {
-                    "train_accuracy": correct / max(seen, 1),
-                    "train_block_fraction": executed_sum / max(seen, 1),
-                    "wall_s": wall_before + time.monotonic() - started,
-                }
-                correct = seen = 0
-                executed_sum = 0.0
-                distributed.barrier(dist)
-                run.log(metrics)
-                if dist.is_main:
-                    bar.write(json.dumps({k: v for k, v in metrics.items() if "rates" not in k}))
-                checkpoint(metrics)
-                net.train()
-                if args.freeze_bn:
-                    freeze_batch_norm(model)
-            elif run.due(args.checkpoint_minutes):
-                checkpoint(metrics)
-            if step >= end:
-                break
-    bar.close()
-    if step == total_steps:
-        checkpoint(metrics, final=True)
-    distributed.teardown(dist)
-    return metrics
+
+    # one step: sampled routes, really skipped; REINFORCE + cross-entropy
+    def step(x: torch.Tensor, y: torch.Tensor, index: int) -> StepOutput:
+        generator.manual_seed((args.seed * 1_000_003 + index) * 64 + dist.rank)
+        loss, ce, out = hrl_step_loss(
+            model,
+            x,
+            y,
+            net=net,
+            generator=generator,
+            alpha=args.alpha,
+            gamma=args.gamma,
+            rl_weight=args.rl_weight,
+            baseline=args.baseline,
+            explore=args.explore,
+            amp=args.amp,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        scale = lr_scale(args.schedule, index, total_steps)
+        for group, base_lr in zip(optimizer.param_groups, (args.lr, args.gate_lr), strict=True):
+            group["lr"] = base_lr * scale
+        optimizer.step()
+        show = {
+            "flops": f"{float(table.flops_fraction(out.executed).mean()):.3f}",
+            "p": f"{out.probs.mean().item():.3f}",
+            "lr": f"{args.lr * scale:.2g}",
+        }
+        return StepOutput(out.logits, ce.item(), out.executed, show)
+
+    def train_mode() -> None:
+        net.train()
+        if args.freeze_bn:
+            freeze_batch_norm(model)
+
+    # checkpoint entries of this entry point (the weights were loaded from run.last above)
+    def state() -> dict:
+        return {
+            "model": model.backbone.state_dict(),
+            "gate": model.gate.state_dict(),
+            "optimizer": optimizer.state_dict(),
+        }
+
+    return train(
+        args,
+        run=run,
+        dist=dist,
+        kind="hrl",
+        arch=model.arch(),
+        config=config,
+        train_loader=train_loader,
+        total_steps=total_steps,
+        step=step,
+        evaluate=lambda: evaluate_gated(model.backbone, model.gate, eval_loader),
+        state=state,
+        restore=lambda ckpt: optimizer.load_state_dict(ckpt["optimizer"]),
+        train_mode=train_mode,
+        eval_every=args.eval_every or None,
+    )
 
 
 if __name__ == "__main__":

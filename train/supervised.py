@@ -19,9 +19,6 @@ backbone at a low rate and the fresh gate at a higher one; without ``--init`` ra
 
 from __future__ import annotations
 
-import itertools
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,23 +26,16 @@ import torch
 import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from agents.gates import GATE_TYPES, build_gate
 from agents.skipnet import SkipNet
-from skipenv.models.checkpoint import CheckpointError, checkpoint_arch, load_backbone
+from skipenv.models.checkpoint import load_backbone
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
-from skipenv.training.runs import (
-    RunArgs,
-    RunDir,
-    cifar_loaders,
-    config_dict,
-    rng_state,
-    set_rng_state,
-)
+from skipenv.training.loop import StepOutput, train
+from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
 
 
 @dataclass
@@ -98,7 +88,6 @@ def main(args: Args) -> dict:
         backbone = build_resnet(args.depth)
     model = SkipNet(backbone, build_gate({"type": args.gate}, backbone.block_channels))
     model = model.to(device, memory_format=fmt)
-    arch = model.arch()
     net = DistributedDataParallel(model) if dist.enabled else model
     optimizer = torch.optim.SGD(
         [
@@ -109,104 +98,57 @@ def main(args: Args) -> dict:
         nesterov=True,
         weight_decay=args.weight_decay,
     )
-    full_macs = model.backbone.macs_table().full  # per image, plain network
-    steps_per_epoch = len(train_loader)
-    total_steps = args.epochs * steps_per_epoch
+    table = model.backbone.macs_table()
+    total_steps = args.epochs * len(train_loader)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         max_lr=[args.lr, args.gate_lr],
         total_steps=total_steps,
         pct_start=args.warmup_fraction,
     )
-    config = config_dict(args)
 
-    # resume
-    step, wall_before = 0, 0.0
-    if args.resume:
-        ckpt = run.load_last(("sp",), map_location=device)
-        if checkpoint_arch(ckpt) != arch:
-            raise CheckpointError(f"{run.last} holds {ckpt['arch']}, but this run is {arch}")
+    # one step: the masked formulation, gradients through the gate values
+    def step(x: torch.Tensor, y: torch.Tensor, _: int) -> StepOutput:
+        with autocast(device, args.amp):
+            out = net(x, mode=args.gate_mode, routing="masked")
+        loss = F.cross_entropy(out.logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        flops = float(table.flops_fraction(out.executed).mean())
+        return StepOutput(out.logits, loss.item(), out.executed, {"flops": f"{flops:.3f}"})
+
+    # checkpoint entries of this entry point
+    def state() -> dict:
+        return {
+            "model": model.backbone.state_dict(),
+            "gate": model.gate.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+        }
+
+    def restore(ckpt: dict) -> None:
         model.backbone.load_state_dict(ckpt["model"])
         model.gate.load_state_dict(ckpt["gate"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        step, wall_before = ckpt["step"], ckpt["wall_s"]
 
-    def checkpoint(metrics: dict, final: bool = False) -> None:
-        run.save(
-            {
-                "kind": "sp",
-                "config": config,
-                "arch": arch,
-                "model": model.backbone.state_dict(),
-                "gate": model.gate.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "step": step,
-                "epoch": step / steps_per_epoch,
-                "metrics": metrics,
-                "wall_s": wall_before + time.monotonic() - started,
-            },
-            final=final,
-        )
-
-    # train
-    net.train()
-    started, metrics = time.monotonic(), {}
-    end = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    bar = tqdm(total=end, initial=step, disable=not (args.progress and dist.is_main), unit="step")
-    while step < end:
-        epoch, done_in_epoch = divmod(step, steps_per_epoch)
-        train_loader.set_epoch(epoch)
-        batches = itertools.islice(iter(train_loader), done_in_epoch, None)  # resume mid-epoch
-        correct = seen = 0
-        executed = 0.0
-        for x, y in distributed.shard(batches, dist):
-            with autocast(device, args.amp):
-                out = net(x, mode=args.gate_mode, routing="masked")
-            loss = F.cross_entropy(out.logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            correct += int((out.logits.argmax(dim=1) == y).sum())
-            seen += y.numel()
-            executed += float(out.executed.float().mean()) * y.numel()
-            bar.update()
-            bar.set_postfix(
-                epoch=epoch,
-                loss=f"{loss.item():.3f}",
-                acc=f"{correct / seen:.3f}",
-                blocks=f"{executed / seen:.3f}",
-                flops=f"{float(out.macs.double().mean()) / full_macs:.3f}",
-            )
-            if step >= end:
-                break
-            if run.due(args.checkpoint_minutes):
-                checkpoint(metrics)
-        if step % steps_per_epoch == 0 or step == end:
-            metrics = {"step": step, "epoch": step / steps_per_epoch}
-            if dist.is_main:
-                val = evaluate_gated(model.backbone, model.gate, eval_loader)
-                metrics |= {f"{args.eval_split}_{k}": v for k, v in val.items()}
-            metrics |= {
-                "train_accuracy": correct / max(seen, 1),
-                "train_block_fraction": executed / max(seen, 1),
-                "wall_s": wall_before + time.monotonic() - started,
-            }
-            distributed.barrier(dist)
-            run.log(metrics)
-            if dist.is_main:
-                bar.write(json.dumps({k: v for k, v in metrics.items() if "skip_rates" not in k}))
-            checkpoint(metrics)
-    bar.close()
-    if step == total_steps:
-        checkpoint(metrics, final=True)
-    distributed.teardown(dist)
-    return metrics
+    return train(
+        args,
+        run=run,
+        dist=dist,
+        kind="sp",
+        arch=model.arch(),
+        config=config_dict(args),
+        train_loader=train_loader,
+        total_steps=total_steps,
+        step=step,
+        evaluate=lambda: evaluate_gated(model.backbone, model.gate, eval_loader),
+        state=state,
+        restore=restore,
+        train_mode=net.train,
+    )
 
 
 if __name__ == "__main__":
