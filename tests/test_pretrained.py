@@ -83,6 +83,7 @@ def entry(name: str, kind: str, default: bool, **changes) -> dict:
         "default_for_depth": default,
         "val_accuracy": 0.1,
         "flops_fraction": 1.0 if kind == "base" else 0.8,
+        "flops_fraction_with_gate": 1.0 if kind == "base" else 0.81,
         "block_fraction": 1.0 if kind == "base" else 0.75,
         "description": f"tiny {kind} model for tests",
         **changes,
@@ -195,7 +196,12 @@ def test_registered_file_missing_from_the_install(tmp_path: Path, monkeypatch) -
         ([entry(BASE, "base", False, file="sub/x.pt")], "file must be"),
         ([entry("bad name", "base", False)], "name must be"),
         ([entry(BASE, "base", False, val_accuracy=91.5)], "val_accuracy must be a fraction"),
-        ([entry(BASE, "base", False, flops_fraction=70.3)], r"flops_fraction .* in \[0, 2\]"),
+        ([entry(BASE, "base", False, flops_fraction=70.3)], r"flops_fraction .* in \[0, 1\]"),
+        ([entry(SP, "sp", False, flops_fraction=1.01)], r"flops_fraction .* in \[0, 1\]"),
+        (
+            [entry(BASE, "base", False, flops_fraction_with_gate=2.5)],
+            r"flops_fraction_with_gate .* in \[0, 2\]",
+        ),
         ([entry(BASE, "base", False, default_for_depth="yes")], "default_for_depth"),
         ([entry(BASE, "base", False), entry(BASE, "sp", False)], "more than once"),
         ([entry(BASE, "base", True), entry(SP, "sp", True)], "keep one"),
@@ -372,7 +378,8 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
     by_name = run(SP)
     by_path = run(str(trained["sp_path"]))
     assert by_name["checkpoint"] == SP and by_name["kind"] == "sp" and by_name["depth"] == 14
-    for key in ("num_images", "accuracy", "flops_fraction", "block_fraction", "skip_rates"):
+    keys = ("num_images", "accuracy", "flops_fraction", "flops_fraction_with_gate")
+    for key in (*keys, "block_fraction", "skip_rates"):
         assert by_name[key] == by_path[key], key
     with pytest.raises(CheckpointError, match=f"shipped: {BASE}, {SP}"):
         run("tiny14-hrl")
@@ -381,13 +388,13 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
 
     # an entry holding the measured numbers is reproduced; one off by 0.0001 is not
     measured = {"val_accuracy": by_name["accuracy"]} | {
-        k: by_name[k] for k in ("flops_fraction", "block_fraction")
+        k: by_name[k] for k in ("flops_fraction", "flops_fraction_with_gate", "block_fraction")
     }
     folder = write_registry(tmp_path / "card", [entry(SP, "sp", True, **measured)])
     (folder / f"{SP}.pt").write_bytes((shipped / f"{SP}.pt").read_bytes())
     monkeypatch.setenv(ENV_DIR, str(folder))
     assert run(SP)["card_match"] is True
-    off = measured | {"flops_fraction": measured["flops_fraction"] + 1e-4}
+    off = measured | {"flops_fraction": measured["flops_fraction"] - 1e-4}
     write_registry(folder, [entry(SP, "sp", True, **off)])
     assert run(SP)["card_match"] is False
 
@@ -428,7 +435,9 @@ def test_the_package_ships_resnet38_sp_and_hrl_points(real_registry: Path) -> No
         assert payload["name"] == name and payload["kind"] == info["kind"]
         assert payload["arch"]["depth"] == info["depth"] == 38
         assert not set(TRAINING_ONLY) & set(payload)
-        assert all(info[k] is not None for k in ("val_accuracy", "flops_fraction"))
+        metrics = ("val_accuracy", "flops_fraction", "flops_fraction_with_gate")
+        assert all(info[k] is not None for k in metrics)
+        assert info["flops_fraction"] <= info["flops_fraction_with_gate"]
         load_backbone(payload)
         if info["kind"] != "base":
             load_skipnet(payload)
@@ -441,6 +450,7 @@ def test_the_model_card_quotes_the_registry(real_registry: Path) -> None:
         section = card[card.index(f"### {name} (") :].split("\n### ", 1)[0]
         row = (
             f"| {100 * info['val_accuracy']:.2f}% | {100 * info['flops_fraction']:.2f}% "
+            f"| {100 * info['flops_fraction_with_gate']:.2f}% "
             f"| {100 * info['block_fraction']:.2f}% |"
         )
         assert row in section, (name, row)

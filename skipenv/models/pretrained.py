@@ -4,7 +4,7 @@
 
     {"name": "skipnet38-hrl-a0.6", "file": "skipnet38-hrl-a0.6.pt", "kind": "hrl", "depth": 38,
      "dataset": "cifar10", "default_for_depth": true, "val_accuracy": 0.886,
-     "flops_fraction": 0.6593, "flops_fraction_with_gate": 0.6606, "block_fraction": 0.667,
+     "flops_fraction": 0.6604, "flops_fraction_with_gate": 0.6606, "block_fraction": 0.667,
      "description": "..."}
 
 ``file`` lies beside the registry (a weights-only checkpoint written by :func:`export_weights`;
