@@ -23,9 +23,11 @@ from synthetic import write_folder
 import skipenv
 from skipenv.data import DataError
 from skipenv.data.loader import normalize
+from skipenv.envs.config import EnvConfig
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.episode import random_backbone
 from skipenv.envs.render import COLUMN_WIDTH, EXECUTED, MARGIN, PENDING, SCALE
+from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError, save_checkpoint
 from skipenv.models.resnet import SkipResNet, build_resnet
 from skipenv.training.devices import resolve_device
@@ -443,3 +445,19 @@ def test_bad_arguments(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_env(tiny_model, **kwargs)
     assert_usable(make_env(tiny_model))
+
+
+def test_options_are_one_validated_config(tiny_model):
+    data = synthetic_split()
+    config = EnvConfig(backbone=tiny_model, data=data, device="cpu", obs_mode="dict")
+    env = SkipNetEnv(config, reward="accuracy")  # keywords override the config's fields
+    assert env.config.obs_mode == "dict" and env.config.reward == "accuracy"
+    assert config.reward == "paper"  # frozen: the caller's config is not changed
+    venv = SkipNetVectorEnv(3, config)
+    assert venv.config is not env.config and venv.single_observation_space == env.observation_space
+    with pytest.raises(TypeError, match=r"unknown SkipNet-CIFAR10-v0 option.*'obs'"):
+        SkipNetEnv(config, obs="vector")
+    with pytest.raises(ValueError, match="lam must be a finite number"):
+        EnvConfig(lam=float("inf"))
+    with pytest.raises(ValueError, match="split must be one of"):
+        EnvConfig(split="validation")

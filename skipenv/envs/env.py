@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from skipenv.data import CifarSplit
-from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, make_episodes
-from skipenv.envs.render import ansi_line, rgb_frame
-from skipenv.models.resnet import SkipResNet
-
-RENDER_MODES = ("ansi", "rgb_array")
-
-
-def row(batch: dict[str, np.ndarray] | np.ndarray, i: int = 0) -> Any:
-    """Entry ``i`` of a batched observation or info; 1-d info arrays give Python scalars."""
-    if isinstance(batch, np.ndarray):
-        return batch[i]
-    return {key: value[i] for key, value in batch.items()}
-
-
-def info_row(info: dict[str, np.ndarray], i: int = 0) -> dict[str, Any]:
-    """Entry ``i`` of a batched info: Python scalars, and arrays for per-block entries."""
-    return {key: value[i].item() if value.ndim == 1 else value[i] for key, value in info.items()}
+from skipenv.envs.config import RENDER_MODES, EnvConfig
+from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, info_row, make_episodes, row
+from skipenv.envs.render import render_episode
 
 
 class SkipNetEnv(EpisodeFacts, gym.Env):
@@ -119,11 +102,16 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     import gymnasium as gym
     import skipenv  # registers SkipNet-CIFAR10-v0 (or make "skipenv:SkipNet-CIFAR10-v0")
 
-    env = gym.make("SkipNet-CIFAR10-v0", checkpoint="runs/base38/checkpoint.pt")
+    env = gym.make("SkipNet-CIFAR10-v0", checkpoint="runs/base38/final.pt")
+    env = gym.make("SkipNet-CIFAR10-v0", checkpoint="skipnet38-hrl-a1")  # a shipped model
     ```
 
+    Options, as keywords (what ``gym.make`` passes on) or as an
+    :class:`~skipenv.envs.config.EnvConfig` (``SkipNetEnv(config, **overrides)``), validated
+    once there:
+
     - ``split``: CIFAR-10 split to draw images from (``train``, ``val``, ``train-full``,
-      ``test``), read with :func:`skipenv.data.load_cifar10` from ``data_root``.
+      ``test``), read with :func:`skipenv.data.splits.load_cifar10` from ``data_root``.
     - ``depth``: ResNet depth; a checkpoint of another depth is a ``CheckpointError``.
     - ``checkpoint``: the backbone's base, sp or hrl checkpoint: the name of a shipped
       pretrained model (``skipenv.list_pretrained()``) or a file path.
@@ -134,7 +122,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
       ``skipnet38-hrl-a0.6`` for depth 38, the SkipNet-38 HRL backbone; where none ships, a
       ``ValueError`` says what to pass) or, if False, use random weights
       from a fixed seed.
-    - ``data``: a :class:`~skipenv.data.CifarSplit` used instead of loading ``split``.
+    - ``data``: a :class:`~skipenv.data.splits.CifarSplit` used instead of loading ``split``.
     - ``data_root``: data root for loading (default ``$SKIPNET_DATA`` or the user cache).
     - ``device``: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
     - ``reward``: ``"paper"`` or ``"accuracy"``; ``alpha`` and ``lam`` their constants.
@@ -147,43 +135,10 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
-    def __init__(
-        self,
-        split: str = "train",
-        depth: int = 38,
-        checkpoint: str | Path | None = None,
-        backbone: SkipResNet | None = None,
-        pretrained: bool = True,
-        data: CifarSplit | None = None,
-        data_root: str | Path | None = None,
-        device: str | torch.device = "auto",
-        reward: str = "paper",
-        alpha: float = 0.1,
-        lam: float = 1.0,
-        obs_mode: str = "vector",
-        render_mode: str | None = None,
-        channels_last: bool | None = None,
-    ) -> None:
-        if render_mode is not None and render_mode not in RENDER_MODES:
-            raise ValueError(
-                f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}"
-            )
-        self.render_mode = render_mode
-        self.episodes: Episodes = make_episodes(
-            split=split,
-            depth=depth,
-            checkpoint=checkpoint,
-            backbone=backbone,
-            pretrained=pretrained,
-            data=data,
-            data_root=data_root,
-            device=device,
-            reward=reward,
-            alpha=alpha,
-            lam=lam,
-            obs_mode=obs_mode,
-            channels_last=channels_last,
-        )
+    def __init__(self, config: EnvConfig | None = None, **options: Any) -> None:
+        self.config = EnvConfig.of(config, **options)
+        self.render_mode = self.config.render_mode
+        self.episodes: Episodes = make_episodes(self.config)
         self.action_space = spaces.Discrete(2)
         self.observation_space = self.episodes.observation_space
         self._started = False
@@ -236,22 +191,3 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
             raise ResetNeeded("nothing to render yet: call reset() first")
         return render_episode(self.episodes, 0, self.render_mode)
 
-
-def render_episode(episodes: Episodes, i: int, mode: str) -> np.ndarray | str:
-    """Frame (``rgb_array``) or text line (``ansi``) of episode ``i`` of ``episodes``."""
-    index = int(episodes.indices[i])
-    stages = len(episodes.backbone.widths)
-    if mode == "rgb_array":
-        image = episodes.data.images[index].cpu().numpy()  # 3 x H x W uint8
-        return rgb_frame(image, episodes.executed[i], episodes.next_block, stages)
-    classes = episodes.data.classes
-    prediction = None if episodes.prediction is None else classes[int(episodes.prediction[i])]
-    return ansi_line(
-        index,
-        classes[int(episodes.labels_np[index])],
-        episodes.executed[i],
-        episodes.next_block,
-        stages,
-        float(episodes.macs[i] / episodes.full_macs),
-        prediction,
-    )

@@ -3,21 +3,23 @@
 :class:`Episodes` holds a frozen backbone, a data split on the device and the state of B
 episodes that all decide the same block at the same time. ``start(indices)`` runs the stem
 and block 0 on those images; ``step(execute)`` applies one decision per image to the next
-block (one batched :meth:`~skipenv.models.resnet.SkipResNet.advance`, real skipping) and, after the
-last block, runs the head. Both return batched numpy observations and infos (arrays with a
-leading B axis); ``step`` also returns the B rewards. :class:`~skipenv.envs.env.SkipNetEnv` uses
-it with B = 1, :class:`~skipenv.envs.vector_env.SkipNetVectorEnv` with B = num_envs, so the two
-agree by construction. The observation layout and the rewards are documented on SkipNetEnv.
+block (one batched :meth:`~skipenv.models.resnet.SkipResNet.advance`, real skipping) and,
+after the last block, runs the head. Both return batched numpy observations and infos (arrays
+with a leading B axis); ``step`` also returns the B rewards.
+:class:`~skipenv.envs.env.SkipNetEnv` uses it with B = 1,
+:class:`~skipenv.envs.vector_env.SkipNetVectorEnv` with B = num_envs, so the two agree by
+construction. The observation layout and the rewards are documented on SkipNetEnv.
+:func:`make_episodes` builds it from an :class:`~skipenv.envs.config.EnvConfig`; :func:`row`
+and :func:`info_row` take one episode out of a batch.
 
 Per step, all compute stays on the device and one tensor crosses to the host (the
 observation; the last step adds one for the loss and prediction). The executed mask and the
-MACs are mirrored on the host from the actions and the flops table, so reading them costs no
+MACs are mirrored on the host from the actions and the MACs table, so reading them costs no
 transfer.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from skipenv.data import CifarSplit, load_cifar10
 from skipenv.data.loader import normalize
+from skipenv.data.splits import CifarSplit, load_cifar10
+from skipenv.envs.config import EnvConfig
 from skipenv.models.checkpoint import load_backbone
 from skipenv.models.pretrained import (
     default_pretrained,
@@ -38,13 +41,27 @@ from skipenv.models.pretrained import (
 from skipenv.models.resnet import Route, SkipResNet, build_resnet
 from skipenv.training.devices import resolve_device
 
-OBS_MODES: tuple[str, ...] = ("vector", "activation", "dict")
-REWARDS: tuple[str, ...] = ("paper", "accuracy")
 POOL = 8  # spatial size of the "activation" observation
 BACKBONE_SEED = 0  # seed of the random weights of pretrained=False
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 Obs = np.ndarray | dict[str, np.ndarray]
+
+
+def row(batch: Any, i: int = 0, copy: bool = False) -> Any:
+    """Entry ``i`` of a batched observation (array, dict or tuple of arrays, object array);
+    with ``copy``, arrays are copied (no memory shared with the batch)."""
+    if isinstance(batch, dict):
+        return {key: row(value, i, copy) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(row(value, i, copy) for value in batch)
+    item = batch[i]
+    return item.copy() if copy and isinstance(item, np.ndarray) else item
+
+
+def info_row(info: dict[str, np.ndarray], i: int = 0) -> dict[str, Any]:
+    """Entry ``i`` of a batched info: Python scalars, and arrays for per-block entries."""
+    return {key: value[i].item() if value.ndim == 1 else value[i] for key, value in info.items()}
 
 
 # ---------------------------------------------------------------------------- construction
@@ -73,41 +90,17 @@ def random_backbone(depth: int) -> SkipResNet:
         return build_resnet(depth)
 
 
-def resolve_backbone(
-    *,
-    depth: int,
-    checkpoint: str | Path | None,
-    backbone: SkipResNet | None,
-    pretrained: bool,
-) -> SkipResNet:
-    """The backbone an environment routes through: ``backbone`` as is, else ``checkpoint`` (a
-    path, or the name of a shipped model), else the shipped default for ``depth``
-    (``pretrained=True``) or random weights."""
-    if backbone is not None:
-        if checkpoint is not None:
-            raise ValueError(
-                f"pass either backbone= or checkpoint=, not both (got checkpoint={checkpoint!r})"
-            )
-        if not isinstance(backbone, SkipResNet):
-            raise TypeError(
-                "backbone must be a skipenv.models.resnet.SkipResNet, got "
-                f"{type(backbone).__name__}"
-            )
-        return backbone
-    if checkpoint is not None:
-        return load_backbone(resolve_checkpoint(checkpoint), depth=depth)
-    if pretrained:
-        return load_backbone(_default_checkpoint(depth), depth=depth)
-    return random_backbone(depth)
-
-
-def resolve_data(data: CifarSplit | None, split: str, data_root: str | Path | None) -> CifarSplit:
-    """``data`` as is, else ``load_cifar10(split, data_root)`` (DataError says what is missing)."""
-    if data is None:
-        return load_cifar10(split, data_root, progress=False)
-    if not isinstance(data, CifarSplit):
-        raise TypeError(f"data must be a skipenv.data.CifarSplit, got {type(data).__name__}")
-    return data
+def resolve_backbone(config: EnvConfig) -> SkipResNet:
+    """The backbone an environment routes through: ``config.backbone`` as is, else
+    ``config.checkpoint`` (a path, or the name of a shipped model), else the shipped default
+    for ``config.depth`` (``pretrained=True``) or random weights."""
+    if config.backbone is not None:
+        return config.backbone
+    if config.checkpoint is not None:
+        return load_backbone(resolve_checkpoint(config.checkpoint), depth=config.depth)
+    if config.pretrained:
+        return load_backbone(_default_checkpoint(config.depth), depth=config.depth)
+    return random_backbone(config.depth)
 
 
 def observation_space(obs_mode: str, c_max: int, num_blocks: int) -> spaces.Space:
@@ -117,8 +110,6 @@ def observation_space(obs_mode: str, c_max: int, num_blocks: int) -> spaces.Spac
     block outputs its 1x1 projection + batch norm, which can be negative); the largest
     float32 stands in for infinity, which Gymnasium's checker rejects.
     """
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
     if obs_mode == "vector":
         low = np.full(c_max + 2, -FLOAT32_MAX, dtype=np.float32)
         high = np.full(c_max + 2, FLOAT32_MAX, dtype=np.float32)
@@ -149,12 +140,6 @@ def pool_to_grid(h: torch.Tensor) -> torch.Tensor:
     return F.adaptive_avg_pool2d(h, POOL)
 
 
-def _real(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 # ---------------------------------------------------------------------------- episodes
 
 
@@ -165,30 +150,17 @@ class Episodes:
         backbone: the network; it is moved to ``device``, put in eval mode and frozen.
         data: the images to route (uint8, normalised with CIFAR-10 statistics at start).
         device: where everything is computed.
-        obs_mode: ``vector``, ``activation`` or ``dict``.
-        reward: ``paper`` or ``accuracy``.
-        alpha: the paper reward's bonus for skipping all decided blocks (alpha / K each).
-        lam: the accuracy reward's price of the full network's MACs.
-        channels_last: NHWC memory format (default: on CPU only, where a ResNet-38 batch of
-            256 runs about 1.2x faster with it).
+        config: the environment options (validated); ``obs_mode``, ``reward``, ``alpha``,
+            ``lam`` and ``channels_last`` (default: on CPU only) are used here.
     """
 
     def __init__(
-        self,
-        backbone: SkipResNet,
-        data: CifarSplit,
-        *,
-        device: torch.device,
-        obs_mode: str = "vector",
-        reward: str = "paper",
-        alpha: float = 0.1,
-        lam: float = 1.0,
-        channels_last: bool | None = None,
+        self, backbone: SkipResNet, data: CifarSplit, device: torch.device, config: EnvConfig
     ) -> None:
-        if reward not in REWARDS:
-            raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-        self.alpha, self.lam = _real(alpha, "alpha"), _real(lam, "lam")
-        self.obs_mode, self.reward = obs_mode, reward
+        self.config = config
+        self.alpha, self.lam = float(config.alpha), float(config.lam)
+        self.obs_mode, self.reward = config.obs_mode, config.reward
+        obs_mode, channels_last = config.obs_mode, config.channels_last
         if backbone.num_decisions < 1:
             raise ValueError("the backbone needs at least two blocks (one decision)")
         images, labels = data.images, data.labels
@@ -211,14 +183,14 @@ class Episodes:
         self.backbone = backbone.to(device, memory_format=self.memory_format).eval()
         self.backbone.requires_grad_(False)
         self.data = data
-        self.images = images.to(device)  # N x 3 x H x W uint8
-        self.labels = labels.to(device)  # N int64
-        self.labels_np = labels.cpu().numpy()  # N int64
+        self.images = images.to(device)  # M x 3 x H x W uint8
+        self.labels = labels.to(device)  # M int64
+        self.labels_np = labels.cpu().numpy()  # M int64
 
         self.macs_table = backbone.macs_table(tuple(images.shape[-2:]))
         self.full_macs = self.macs_table.full
-        self._execute_cost = np.array(self.macs_table.block_execute, dtype=np.int64)  # num_blocks
-        self._skip_cost = np.array(self.macs_table.block_skip, dtype=np.int64)  # num_blocks
+        self._execute_cost = np.array(self.macs_table.block_execute, dtype=np.int64)  # N
+        self._skip_cost = np.array(self.macs_table.block_skip, dtype=np.int64)  # N
         self.c_max = max(backbone.block_channels)
         self.observation_space = observation_space(obs_mode, self.c_max, self.num_blocks)
 
@@ -226,7 +198,7 @@ class Episodes:
         self.batch_size = 0
         self.next_block = 0
         self.indices = np.zeros(0, dtype=np.int64)  # B
-        self.executed = np.zeros((0, self.num_blocks), dtype=bool)  # B x num_blocks
+        self.executed = np.zeros((0, self.num_blocks), dtype=bool)  # B x N
         self.macs = np.zeros(0, dtype=np.int64)  # B
         self.prediction: np.ndarray | None = None  # B int64, after the last step
 
@@ -254,6 +226,12 @@ class Episodes:
             raise ValueError(f"image indices must lie in 0..{n - 1}, got {indices!r}")
         return array.astype(np.int64)
 
+    def inputs(self, indices: np.ndarray) -> torch.Tensor:
+        """What the backbone sees of images ``indices`` (B int64): normalised float32,
+        B x 3 x H x W on the device in the episodes' memory format."""
+        index_t = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)  # B
+        return normalize(self.images.index_select(0, index_t), memory_format=self.memory_format)
+
     # -- one episode batch
 
     def start(self, indices: np.ndarray) -> tuple[Obs, dict[str, np.ndarray]]:
@@ -261,7 +239,7 @@ class Episodes:
         index_t = torch.from_numpy(indices).to(self.device)  # B int64
         b = len(indices)
         with torch.inference_mode():
-            x = normalize(self.images.index_select(0, index_t), memory_format=self.memory_format)
+            x = self.inputs(indices)  # B x 3 x H x W
             self._route = self.backbone.start(x)  # B x 3 x H x W -> route at block 1
             self._labels_t = self.labels.index_select(0, index_t)  # B int64
             self.batch_size, self.next_block = b, 1
@@ -364,42 +342,15 @@ class Episodes:
         return info
 
 
-def make_episodes(
-    *,
-    split: str,
-    depth: int,
-    checkpoint: str | Path | None,
-    backbone: SkipResNet | None,
-    pretrained: bool,
-    data: CifarSplit | None,
-    data_root: str | Path | None,
-    device: str | torch.device,
-    reward: str,
-    alpha: float,
-    lam: float,
-    obs_mode: str,
-    channels_last: bool | None,
-) -> Episodes:
-    """Check the environment arguments (cheap checks first) and build its :class:`Episodes`."""
-    if obs_mode not in OBS_MODES:
-        raise ValueError(f"obs_mode must be one of {OBS_MODES}, got {obs_mode!r}")
-    if reward not in REWARDS:
-        raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
-    resolved = resolve_device(device)
-    model = resolve_backbone(
-        depth=depth, checkpoint=checkpoint, backbone=backbone, pretrained=pretrained
-    )
-    split_data = resolve_data(data, split, data_root)
-    return Episodes(
-        model,
-        split_data,
-        device=resolved,
-        obs_mode=obs_mode,
-        reward=reward,
-        alpha=alpha,
-        lam=lam,
-        channels_last=channels_last,
-    )
+def make_episodes(config: EnvConfig) -> Episodes:
+    """The :class:`Episodes` of an environment with options ``config`` (already validated):
+    device, backbone and data resolved, cheapest first."""
+    device = resolve_device(config.device)
+    backbone = resolve_backbone(config)
+    data = config.data
+    if data is None:
+        data = load_cifar10(config.split, config.data_root, progress=False)
+    return Episodes(backbone, data, device, config)
 
 
 class EpisodeFacts:

@@ -3,12 +3,18 @@
 ``rgb_frame`` draws the image, upscaled, beside one column of cells per stage: a cell per
 block, green when the block ran, dark grey when it was skipped, light grey while undecided.
 ``ansi_line`` writes the same trace as text: ``1`` ran, ``0`` skipped, ``.`` undecided, with
-``|`` between stages.
+``|`` between stages. :func:`render_episode` draws either for one episode of an
+:class:`~skipenv.envs.episode.Episodes` batch (what both environments' ``render`` call).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from skipenv.envs.episode import Episodes
 
 SCALE = 4  # image upscaling factor
 MARGIN = 4  # pixels between the image and the strip, and between stage columns
@@ -22,7 +28,7 @@ PENDING = (200, 200, 200)
 
 def block_states(executed: np.ndarray, next_block: int) -> np.ndarray:
     """Per block: 1 ran, 0 skipped, -1 undecided (``next_block`` and later)."""
-    states = executed.astype(np.int8)  # num_blocks
+    states = executed.astype(np.int8)  # N
     states[next_block:] = -1
     return states
 
@@ -34,8 +40,8 @@ def rgb_frame(
 
     Args:
         image: ``3 x h x w`` uint8 (CHW, as stored in a CifarSplit).
-        executed: ``num_blocks`` bool, blocks run so far.
-        next_block: the block the next decision is about (``num_blocks`` when done).
+        executed: N bool, blocks run so far.
+        next_block: the block the next decision is about (N when done).
         num_stages: stages of the network; blocks are split evenly into that many columns.
         scale: upscaling factor of the image.
     """
@@ -74,3 +80,23 @@ def ansi_line(
         verdict = "correct" if prediction == label else "wrong"
         line += f" -> {prediction} ({verdict})"
     return line
+
+
+def render_episode(episodes: Episodes, i: int, mode: str) -> np.ndarray | str:
+    """Frame (``rgb_array``) or text line (``ansi``) of episode ``i`` of ``episodes``."""
+    index = int(episodes.indices[i])
+    stages = len(episodes.backbone.widths)
+    if mode == "rgb_array":
+        image = episodes.data.images[index].cpu().numpy()  # 3 x H x W uint8
+        return rgb_frame(image, episodes.executed[i], episodes.next_block, stages)
+    classes = episodes.data.classes
+    prediction = None if episodes.prediction is None else classes[int(episodes.prediction[i])]
+    return ansi_line(
+        index,
+        classes[int(episodes.labels_np[index])],
+        episodes.executed[i],
+        episodes.next_block,
+        stages,
+        float(episodes.macs[i] / episodes.full_macs),
+        prediction,
+    )

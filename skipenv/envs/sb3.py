@@ -20,7 +20,7 @@ the sub-environments one by one, as SB3's ``DummyVecEnv`` does. Any other vector
 its attributes shared by the batch: ``get_attr`` returns ``[value] * n`` and ``env_method``
 calls the method once and returns ``[result] * n``. ``action_masks`` is the exception, so that
 sb3_contrib's ``MaskablePPO`` works: it returns one mask per env, from the env's own
-``action_masks()`` (N x n for a batched env, per sub-env otherwise) when there is one, else
+``action_masks()`` (B x n for a batched env, per sub-env otherwise) when there is one, else
 all-True masks.
 
 Episode statistics: wrap the adapter in SB3's ``VecMonitor`` to log episode returns.
@@ -49,23 +49,15 @@ from stable_baselines3.common.vec_env.base_vec_env import (
     VecEnvStepReturn,
 )
 
+from skipenv import ENV_ID
+from skipenv.envs.episode import row
+
 __all__ = ["SB3VecEnv", "make_sb3_vec_env"]
 
-ENV_ID = "SkipNet-CIFAR10-v0"
 MASKS = "action_masks"  # the method sb3_contrib's MaskablePPO calls through env_method
 
 
 # ---------------------------------------------------------------------------- batch helpers
-
-
-def _row(batch: Any, i: int) -> Any:
-    """Element ``i`` of a batched observation (array, dict or tuple of arrays, object array)."""
-    if isinstance(batch, dict):
-        return {key: _row(value, i) for key, value in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_row(value, i) for value in batch)
-    item = batch[i]
-    return item.copy() if isinstance(item, np.ndarray) else item
 
 
 def _column(value: Any, num_envs: int) -> list[Any]:
@@ -116,10 +108,14 @@ def _autoreset_mode(env: VectorEnv) -> AutoresetMode | None:
 class SB3VecEnv(VecEnv):
     """A Gymnasium vector env with same-step autoreset, as a Stable-Baselines3 ``VecEnv``.
 
-    :param env: the vector env; ``env.metadata["autoreset_mode"]`` must be
-        ``gymnasium.vector.AutoresetMode.SAME_STEP`` (e.g. ``SyncVectorEnv(fns,
-        autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv``).
-    :raises ValueError: another (or no) autoreset mode.
+    Args:
+        env: the vector env; ``env.metadata["autoreset_mode"]`` must be
+            ``gymnasium.vector.AutoresetMode.SAME_STEP`` (e.g. ``SyncVectorEnv(fns,
+            autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv``).
+
+    Raises:
+        TypeError: ``env`` is not a Gymnasium vector env.
+        ValueError: another (or no) autoreset mode.
     """
 
     def __init__(self, env: VectorEnv) -> None:
@@ -164,9 +160,9 @@ class SB3VecEnv(VecEnv):
             raise RuntimeError("step_wait() called without step_async(actions); call step()")
         actions, self._actions = self._actions, None
         obs, rewards, terminated, truncated, info = self.venv.step(actions)
-        terminated = np.asarray(terminated, dtype=bool)  # N
-        truncated = np.asarray(truncated, dtype=bool)  # N
-        dones = terminated | truncated  # N
+        terminated = np.asarray(terminated, dtype=bool)  # B
+        truncated = np.asarray(truncated, dtype=bool)  # B
+        dones = terminated | truncated  # B
         final_obs = info.get("final_obs")
         final_mask = info.get("_final_obs")
         final_infos = unbatch_info(info.get("final_info", {}), self.num_envs)
@@ -180,10 +176,10 @@ class SB3VecEnv(VecEnv):
                 )
             self.reset_infos[i] = infos[i]
             infos[i] = {**infos[i], **final_infos[i]}  # the last step's info wins
-            infos[i]["terminal_observation"] = _row(final_obs, i)
+            infos[i]["terminal_observation"] = row(final_obs, i, copy=True)
         for i in range(self.num_envs):
             infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-        rewards = np.asarray(rewards, dtype=np.float32)  # N
+        rewards = np.asarray(rewards, dtype=np.float32)  # B
         return self._obs(obs), rewards, dones, infos
 
     def _obs(self, obs: Any) -> VecEnvObs:
@@ -308,7 +304,7 @@ class SB3VecEnv(VecEnv):
         return [result] * len(idx)
 
     def action_masks(self) -> np.ndarray:
-        """Valid actions of every env: N x n bool (all True when the env has no masks)."""
+        """Valid actions of every env: B x n bool (all True when the env has no masks)."""
         return self._masks(list(range(self.num_envs)))
 
     def _masks(self, idx: list[int]) -> np.ndarray:
@@ -327,7 +323,7 @@ class SB3VecEnv(VecEnv):
         if self._async is not None:
             rows = self._async.call(MASKS)
             return np.stack([np.asarray(rows[i], dtype=bool) for i in idx])
-        masks = np.asarray(method(), dtype=bool)  # N x n
+        masks = np.asarray(method(), dtype=bool)  # B x n
         if masks.ndim != 2 or masks.shape[0] != self.num_envs:
             raise ValueError(
                 f"{type(self.venv.unwrapped).__name__}.action_masks() must return one mask per "
@@ -383,11 +379,11 @@ def _mask_size(space: spaces.Space) -> int:
 def make_sb3_vec_env(num_envs: int, **env_kwargs: Any) -> SB3VecEnv:
     """``SkipNet-CIFAR10-v0`` as a batched vector env of ``num_envs`` episodes, for SB3.
 
-    ``env_kwargs`` are those of :class:`skipenv.envs.env.SkipNetEnv` (``checkpoint=...`` or
-    ``pretrained=False``, ``split``, ``device``, ``reward``, ``obs_mode``, ...).
+    Args:
+        num_envs: B, episodes run in lockstep.
+        env_kwargs: the options of :class:`skipenv.envs.env.SkipNetEnv` (``checkpoint=...``
+            or ``pretrained=False``, ``split``, ``device``, ``reward``, ``obs_mode``, ...).
     """
-    import skipenv  # noqa: F401  (registers the env id)
-
     env = gym.make_vec(
         ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
     )

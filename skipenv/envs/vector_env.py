@@ -1,22 +1,20 @@
-"""SkipNet-CIFAR10-v0 natively batched: N episodes in lockstep as one tensor batch."""
+"""SkipNet-CIFAR10-v0 natively batched: B episodes in lockstep as one tensor batch."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from skipenv.data import CifarSplit
-from skipenv.envs.env import RENDER_MODES, render_episode, row
-from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, make_episodes
-from skipenv.models.resnet import SkipResNet
+from skipenv.envs.config import RENDER_MODES, EnvConfig
+from skipenv.envs.episode import EpisodeFacts, Episodes, Obs, make_episodes, row
+from skipenv.envs.render import render_episode
+from skipenv.utils import check_int
 
 
 def with_masks(info: dict[str, np.ndarray], num_envs: int) -> dict[str, np.ndarray]:
@@ -49,8 +47,9 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
     - ``render()`` returns one frame (``rgb_array``) or line (``ansi``) per environment.
 
     Args:
-        num_envs: N, the batch size.
-        The other arguments are those of :class:`~skipenv.envs.env.SkipNetEnv`.
+        num_envs: B, the batch size.
+        config, options: the options of :class:`~skipenv.envs.env.SkipNetEnv`, as an
+            :class:`~skipenv.envs.config.EnvConfig` and/or keywords.
     """
 
     metadata: ClassVar[dict[str, Any]] = {
@@ -59,47 +58,11 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
         "autoreset_mode": AutoresetMode.SAME_STEP,
     }
 
-    def __init__(
-        self,
-        num_envs: int = 1,
-        split: str = "train",
-        depth: int = 38,
-        checkpoint: str | Path | None = None,
-        backbone: SkipResNet | None = None,
-        pretrained: bool = True,
-        data: CifarSplit | None = None,
-        data_root: str | Path | None = None,
-        device: str | torch.device = "auto",
-        reward: str = "paper",
-        alpha: float = 0.1,
-        lam: float = 1.0,
-        obs_mode: str = "vector",
-        render_mode: str | None = None,
-        channels_last: bool | None = None,
-    ) -> None:
-        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
-            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
-        if render_mode is not None and render_mode not in RENDER_MODES:
-            raise ValueError(
-                f"render_mode must be None or one of {RENDER_MODES}, got {render_mode!r}"
-            )
-        self.num_envs = num_envs
-        self.render_mode = render_mode
-        self.episodes: Episodes = make_episodes(
-            split=split,
-            depth=depth,
-            checkpoint=checkpoint,
-            backbone=backbone,
-            pretrained=pretrained,
-            data=data,
-            data_root=data_root,
-            device=device,
-            reward=reward,
-            alpha=alpha,
-            lam=lam,
-            obs_mode=obs_mode,
-            channels_last=channels_last,
-        )
+    def __init__(self, num_envs: int = 1, config: EnvConfig | None = None, **options: Any) -> None:
+        self.num_envs = check_int(num_envs, "num_envs", minimum=1)
+        self.config = EnvConfig.of(config, **options)
+        self.render_mode = self.config.render_mode
+        self.episodes: Episodes = make_episodes(self.config)
         self.single_observation_space = self.episodes.observation_space
         self.single_action_space = spaces.Discrete(2)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -179,7 +142,7 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
         return self.np_random.integers(len(self.data), size=self.num_envs).astype(np.int64)
 
     def _check_actions(self, actions: Any) -> np.ndarray:
-        """``actions`` as a contiguous bool array of shape (N,), or a ValueError."""
+        """``actions`` as a contiguous bool array of shape (B,), or a ValueError."""
         array = np.asarray(actions)
         if array.dtype.kind not in "biu":
             raise ValueError(f"actions must be {self._expected}; got dtype {array.dtype}")
