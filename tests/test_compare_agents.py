@@ -14,10 +14,13 @@ from synthetic import write_folder
 
 from agents.gate_agent import GateAgent
 from agents.gates import RNNGate
-from agents.skipnet import SkipNet
+from agents.protocol import check_gate_agent, evaluate_agent
+from agents.skipnet import SkipNet, load_backbone_and_gate
 from skipenv.data import load_cifar10
 from skipenv.data.loader import normalize
+from skipenv.envs.config import EnvConfig
 from skipenv.envs.env import SkipNetEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import save_checkpoint
 from skipenv.models.resnet import build_resnet
 
@@ -176,18 +179,19 @@ def test_plot_without_matplotlib_says_what_to_do(
 
 
 def test_gate_check_reports_a_mismatch(sp_checkpoint: Path, data_root: Path) -> None:
-    _, backbone, gate = compare.load_models(sp_checkpoint, torch.device("cpu"))
+    _, backbone, gate = load_backbone_and_gate(sp_checkpoint, torch.device("cpu"))
     data = load_cifar10("val", data_root, progress=False)
-    envs = compare.Envs(backbone, data, torch.device("cpu"), alpha=0.1)
-    env = envs.get("vector", 8)
+    config = EnvConfig(backbone=backbone, data=data, device="cpu", alpha=0.1)
+    envs = {n: SkipNetVectorEnv(n, config) for n in (8, 5)}
+    env = envs[8]
     agent = GateAgent(gate, env.single_observation_space, backbone.block_channels)
     batches = [np.arange(0, 8), np.arange(8, 13)]
-    run = compare.run_agent("GateAgent", agent, envs, batches, progress=False)
+    run = evaluate_agent("GateAgent", agent, envs.__getitem__, batches, progress=False)
     assert run.executed.shape == (13, backbone.num_blocks)
-    assert compare.batched_forward_check(run, env, gate, batches)["equal"]
+    assert check_gate_agent(run, env, gate, batches)["equal"]
     run.executed[3, 2] = not run.executed[3, 2]  # one other decision, one other prediction
     run.prediction[5] = (run.prediction[5] + 1) % 10
-    check = compare.batched_forward_check(run, env, gate, batches)
+    check = check_gate_agent(run, env, gate, batches)
     assert not check["equal"] and not check["decisions_equal"]
     assert check["images_with_other_decisions"] == 1
     assert check["images_with_other_predictions"] == 1
