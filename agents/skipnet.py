@@ -22,9 +22,9 @@ from skipenv.models.checkpoint import (
     load_backbone,
     load_checkpoint,
 )
-from skipenv.models.gating import Gate
+from skipenv.models.gating import Gate, GateMode
 from skipenv.models.pretrained import resolve_checkpoint
-from skipenv.models.resnet import GatedOutput, SkipResNet
+from skipenv.models.resnet import GatedOutput, Routing, SkipResNet
 
 #: Checkpoint kinds that hold a gate as well as a backbone.
 SKIPNET_KINDS = ("sp", "hrl")
@@ -45,8 +45,8 @@ class SkipNet(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mode: str = "greedy",
-        routing: str = "skip",
+        mode: GateMode = "greedy",
+        routing: Routing = "skip",
         generator: torch.Generator | None = None,
         explore: float = 0.0,
     ) -> GatedOutput:
@@ -93,7 +93,7 @@ def load_skipnet(
     map_location: str | torch.device = "cpu",
 ) -> SkipNet:
     """A trained SkipNet from an ``sp`` or ``hrl`` checkpoint: a path, the name of a shipped
-    model (``skipenv.list_pretrained()``, e.g. ``"skipnet38-hrl"``) or a loaded payload."""
+    model (``skipenv.list_pretrained()``, e.g. ``"skipnet38-hrl-a0.6"``) or a loaded payload."""
     name = "the given checkpoint" if isinstance(source, dict) else str(source)
     payload = (
         source

@@ -25,7 +25,6 @@ from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models import pretrained
 from skipenv.models.checkpoint import (
-    BACKBONE_KINDS,
     CheckpointError,
     load_backbone,
     load_checkpoint,
@@ -233,10 +232,6 @@ def test_registry_cache_follows_folder_and_edits(tmp_path: Path, monkeypatch) ->
     write_registry(first, [entry(BASE, "base", False), entry(SP, "sp", False)])
     monkeypatch.setenv(ENV_DIR, str(first))
     assert list_pretrained() == [BASE, SP]
-
-
-def test_kinds_match_the_checkpoint_module() -> None:
-    assert pretrained.KINDS == BACKBONE_KINDS
 
 
 # ---------------------------------------------------------------------------- export

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from skipenv.data.sources import CIFAR10_MEAN, CIFAR10_STD
 from skipenv.data.splits import CifarSplit
+from skipenv.utils import check_int
 
 __all__ = ["BatchLoader", "augment", "normalize"]
 
@@ -48,8 +49,7 @@ def augment(
     """
     if images.ndim != 4:
         raise ValueError(f"images must be B x C x H x W, got shape {tuple(images.shape)}")
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+    check_int(padding, "padding", minimum=0)
     b, c, h, w = images.shape
     device = images.device
     rand_device = generator.device if generator is not None else device
@@ -199,19 +199,16 @@ class BatchLoader:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
         if images.shape[0] == 0:
             raise ValueError("cannot iterate over an empty dataset")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        check_int(batch_size, "batch_size", minimum=1)
         if drop_last and batch_size > images.shape[0]:
             raise ValueError(
                 f"drop_last=True with batch_size={batch_size} > {images.shape[0]} samples "
                 "would yield no batches"
             )
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
+        check_int(padding, "padding", minimum=0)
         if seed is None:
             seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item())
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        check_int(seed, "seed")
 
         self.device = torch.device(device) if device is not None else images.device
         if self.device.type == "cuda" and self.device.index is None:
@@ -240,8 +237,7 @@ class BatchLoader:
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next ``iter(loader)`` produce epoch ``epoch`` (e.g. when resuming)."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an integer >= 0, got {epoch!r}")
+        check_int(epoch, "epoch", minimum=0)
         self._epoch = epoch
 
     def __len__(self) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from skipenv.models import BACKBONE_KINDS
 from skipenv.models.resnet import DEPTHS, SkipResNet, build_resnet
 from skipenv.utils import atomic_write
 
@@ -74,10 +75,6 @@ def load_checkpoint(
             f"{path} holds a {payload.get('kind')!r} checkpoint; this needs one of {kinds}"
         )
     return payload
-
-
-#: Kinds whose ``model`` is a backbone that an environment can route images through.
-BACKBONE_KINDS = ("base", "sp", "hrl")
 
 
 def checkpoint_arch(payload: dict[str, Any]) -> dict[str, Any]:

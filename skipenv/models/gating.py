@@ -16,13 +16,13 @@ four modes: ``greedy`` (evaluation), ``sample`` (Bernoulli, for REINFORCE), ``ha
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 GateMode = Literal["greedy", "sample", "hard", "soft"]
-GATE_MODES: tuple[str, ...] = ("greedy", "sample", "hard", "soft")
+GATE_MODES: tuple[str, ...] = get_args(GateMode)
 
 
 class Gate(nn.Module):
@@ -51,7 +51,7 @@ class Gate(nn.Module):
 
 
 def decide(
-    probs: torch.Tensor, mode: str, generator: torch.Generator | None = None
+    probs: torch.Tensor, mode: GateMode, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn p(execute) into gate values and hard decisions.
 

@@ -44,12 +44,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from skipenv.models import BACKBONE_KINDS
+
 ENV_DIR = "SKIPNET_PRETRAINED_DIR"
 REGISTRY = "registry.json"
 
-#: Kinds a shipped model may have: :data:`skipenv.models.checkpoint.BACKBONE_KINDS`, repeated
-#: here so that importing this module does not import torch.
-KINDS: tuple[str, ...] = ("base", "sp", "hrl")
 
 #: Fields of a registry entry, in the order the CLI shows them.
 FIELDS: tuple[str, ...] = (
@@ -174,8 +173,8 @@ def _check_entry(entry: Any, index: int, path: str) -> dict[str, Any]:
         raise bad("name", "letters, digits, '.', '_' or '-' (not starting with a symbol)")
     if not isinstance(file, str) or Path(file).name != file or not file.endswith(".pt"):
         raise bad("file", "the name of a .pt file beside the registry (no folders)")
-    if entry["kind"] not in KINDS:
-        raise bad("kind", f"one of {KINDS}")
+    if entry["kind"] not in BACKBONE_KINDS:
+        raise bad("kind", f"one of {BACKBONE_KINDS}")
     if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
         raise bad("depth", "a CIFAR ResNet depth 6n + 2 (8, 14, 20, 32, 38, 56, 110, ...)")
     if not isinstance(entry["dataset"], str) or not entry["dataset"]:
@@ -290,7 +289,6 @@ def export_weights(
             gate, or its weights do not fit its arch.
     """
     from skipenv.models.checkpoint import (
-        BACKBONE_KINDS,
         checkpoint_arch,
         load_backbone,
         load_checkpoint,

@@ -27,13 +27,16 @@ per step reproduces the batched forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from skipenv.models.flops import MacsTable, conv_macs, linear_macs
-from skipenv.models.gating import Gate, decide
+from skipenv.models.gating import Gate, GateMode, decide
+
+#: How gate values are applied: ``skip`` (real skipping) or ``masked`` (every block computed).
+Routing = Literal["skip", "masked"]
 
 # ---------------------------------------------------------------------------- helpers
 
@@ -400,8 +403,8 @@ class SkipResNet(nn.Module):
         self,
         x: torch.Tensor,
         gate: Gate,
-        mode: str = "greedy",
-        routing: str = "skip",
+        mode: GateMode = "greedy",
+        routing: Routing = "skip",
         generator: torch.Generator | None = None,
     ) -> GatedOutput:
         """Run with ``gate`` deciding each block from the previous block's output.
