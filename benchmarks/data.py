@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from skipenv.data import load_cifar10
 from skipenv.data.loader import BatchLoader
+from skipenv.data.splits import load_cifar10
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 
 

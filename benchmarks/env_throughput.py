@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-from skipenv.data import CifarSplit, load_cifar10
 from skipenv.data.loader import normalize
+from skipenv.data.splits import CifarSplit, load_cifar10
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.sb3 import SB3VecEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 
 from agents.reinforce import hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
-from skipenv.data import load_cifar10
 from skipenv.data.loader import BatchLoader
+from skipenv.data.splits import load_cifar10
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skipenv.data import CIFAR10_CLASSES
+from skipenv.data.sources import CIFAR10_CLASSES
 
 PER_CLASS = 20  # synthetic training images per class
 

@@ -16,8 +16,8 @@ from agents.gate_agent import GateAgent
 from agents.gates import RNNGate
 from agents.protocol import check_gate_agent, evaluate_agent
 from agents.skipnet import SkipNet, load_backbone_and_gate
-from skipenv.data import load_cifar10
 from skipenv.data.loader import normalize
+from skipenv.data.splits import load_cifar10
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv

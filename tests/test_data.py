@@ -24,20 +24,22 @@ import skipenv.data.__main__ as data_cli
 import skipenv.data.cache as data_cache
 import skipenv.data.sources as data_sources
 import skipenv.data.splits as data_splits
-from skipenv.data import (
+from skipenv.data.cache import DataCacheWarning
+from skipenv.data.loader import BatchLoader, augment, normalize
+from skipenv.data.sources import (
     CIFAR10_CLASSES,
     CIFAR10_MEAN,
     CIFAR10_STD,
+    DataError,
+    resolve_data_root,
+)
+from skipenv.data.splits import (
     VAL_SEED,
     CifarSplit,
-    DataCacheWarning,
-    DataError,
     load_cifar10,
-    resolve_data_root,
     split_indices,
     val_indices,
 )
-from skipenv.data.loader import BatchLoader, augment, normalize
 
 TEST_PER_CLASS = 3
 REAL_DEFAULT_CACHE_DIR = data_cache.default_cache_dir  # before the autouse fixture patches it
@@ -185,7 +187,7 @@ def test_val_indices_ignore_global_seeds() -> None:
 
 def test_val_indices_same_in_another_process() -> None:
     code = (
-        "import torch; from skipenv.data import val_indices; torch.manual_seed(123);"
+        "import torch; from skipenv.data.splits import val_indices; torch.manual_seed(123);"
         "print(val_indices(torch.arange(100) % 10).tolist())"
     )
     out = subprocess.run(
@@ -707,3 +709,12 @@ def test_loader_on_cuda() -> None:
     assert torch.equal(_epoch(again)[0], x)
     out = augment(images.cuda(), torch.Generator().manual_seed(0))  # CPU generator is fine
     assert out.is_cuda
+
+
+def test_the_package_exports_the_submodules_public_api() -> None:
+    import skipenv.data as package
+
+    for name in package.__all__:
+        assert getattr(package, name) is not None, name
+    assert package.load_cifar10 is data_splits.load_cifar10
+    assert package.BatchLoader is BatchLoader and package.DataError is DataError

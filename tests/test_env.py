@@ -21,8 +21,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from synthetic import write_folder
 
 import skipenv
-from skipenv.data import DataError
 from skipenv.data.loader import normalize
+from skipenv.data.sources import DataError
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.episode import random_backbone

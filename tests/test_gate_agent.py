@@ -10,8 +10,8 @@ from gymnasium import spaces
 from agents.baselines import AlwaysExecute, FixedPattern, FlopsBudget, RandomSkip, stages
 from agents.gate_agent import GateAgent
 from agents.gates import FFGateI, FFGateII, RNNGate
-from skipenv.data import CifarSplit
 from skipenv.data.loader import normalize
+from skipenv.data.splits import CifarSplit
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.gating import FixedGate

@@ -464,7 +464,7 @@ def test_env_default_is_the_shipped_hrl_backbone(real_registry: Path) -> None:
 
 
 def test_env_default_without_images_says_how_to_get_them(real_registry: Path, tmp_path) -> None:
-    from skipenv.data import DataError
+    from skipenv.data.sources import DataError
 
     with pytest.raises(DataError, match="To get the data"):  # weights load; images are missing
         gymnasium.make(ENV_ID, data_root=tmp_path / "no-data", device="cpu")

@@ -12,7 +12,7 @@ import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv, VectorEnv
 
-from skipenv.data import CifarSplit
+from skipenv.data.splits import CifarSplit
 from skipenv.envs.sb3 import SB3VecEnv, make_sb3_vec_env, unbatch_info
 from skipenv.models.resnet import build_resnet
 

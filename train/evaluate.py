@@ -27,8 +27,8 @@ import torch
 import tyro
 
 from agents.skipnet import load_backbone_and_gate
-from skipenv.data import load_cifar10
 from skipenv.data.loader import BatchLoader
+from skipenv.data.splits import load_cifar10
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated

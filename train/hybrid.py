@@ -23,9 +23,8 @@ Recipe. The authors run HRL for about 10k iterations at lr 1e-4 (SGD, momentum 0
 batch 128, rl weight 0.01, gamma 1, no baseline). On this project's CPU the default is two
 epochs (702 steps) from an SP network fine-tuned from a plain one: backbone lr 1e-3, gate lr
 0.02 with rl weight 1, exploration 0.2 and a self-critical baseline (see ``--explore`` and
-``--baseline``). Alpha picks the trade-off (larger alpha, more skipping); with this recipe on
-ResNet-38, alpha <= 2 left every block executed, 2.5 and 3 skipped 38% and 56% of the blocks,
-and 4 collapsed to skipping them all (results/skipnet38-cpu/README.md). The shipped models
+``--baseline``). Alpha picks the trade-off (larger alpha, more skipping; what each alpha did
+on ResNet-38 with this recipe: results/skipnet38-cpu/README.md). The shipped models
 (skipenv/models/weights/MODEL_CARD.md) continue from the alpha 3 network for 4 epochs at a lower
 alpha with ``--schedule cosine``: blocks that pay for themselves come back and most of the
 accuracy returns (scripts/train_pretrained38.sh).
@@ -64,7 +63,7 @@ class Args(RunArgs):
     """SP checkpoint to start from; None runs SP first (with --pretrain.*) into OUT/sp"""
     alpha: float = 3.0
     """compute reward: alpha / K per skipped block; larger skips more (the paper's 0.1, 0.01,
-    0.001 go with its 10k-step recipe; in this 2-epoch recipe 2.5-3 skip, 4 skips all)"""
+    0.001 go with its 10k-step recipe; for this one see results/skipnet38-cpu/README.md)"""
     gamma: float = 1.0
     """discount of the returns-to-go (1 in the authors' code)"""
     rl_weight: float = 1.0

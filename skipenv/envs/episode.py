@@ -132,7 +132,7 @@ def pool_to_grid(h: torch.Tensor) -> torch.Tensor:
     """Adaptive average pooling to ``POOL x POOL``: B x C x H x W -> B x C x 8 x 8.
 
     Where 8 divides H and W this is a plain average pooling, which computes the same and is
-    1.5x faster on CPU for channels_last batches.
+    faster on CPU for channels_last batches (README, Performance notes).
     """
     height, width = h.shape[-2:]
     if height % POOL == 0 and width % POOL == 0:

@@ -34,8 +34,8 @@ def tune_cpu_allocator(pad_bytes: int = 256 * 2**20) -> bool:
 
     A CIFAR ResNet at batch 256 allocates and frees activations of up to 17 MB per layer.
     glibc's defaults give such blocks back to the kernel (mmap / heap trimming) and fault them
-    in again on the next call; on this project's 2-core machine that cost about a quarter of a
-    ResNet-38 forward (median 330-410 ms -> 250 ms). This keeps them: freed memory stays in the
+    in again on the next call, a sizeable part of a forward pass on CPU (measured: README,
+    "Performance notes"). This keeps them: freed memory stays in the
     process (it is reused, so peak memory is unchanged), blocks up to 32 MB come from the heap.
 
     Call it once, early, in CPU-bound programs (benchmarks, training). Returns whether the
@@ -59,8 +59,8 @@ AMP_CHOICES = ("none", "bf16", "fp16")
 def autocast(device: torch.device, amp: str = "none") -> torch.autocast:
     """Mixed-precision context for ``device``: ``none``, ``bf16`` or ``fp16`` (CUDA only).
 
-    On this project's CPUs (AVX-512 BF16) ``bf16`` makes a ResNet-38 training step about 1.5x
-    faster (0.39 s -> 0.25 s at batch 128); batch norm and the loss stay in float32.
+    On CPUs with AVX-512 BF16, ``bf16`` makes training steps markedly faster (measured:
+    README, "Performance notes"); batch norm and the loss stay in float32.
     """
     if amp not in AMP_CHOICES:
         raise ValueError(f"unknown amp {amp!r}; choose one of {AMP_CHOICES}")

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from skipenv.data import load_cifar10
 from skipenv.data.loader import BatchLoader
+from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -102,9 +102,9 @@ class RunArgs:
     seed: int = 0
     """seeds everything random: fresh weights, batch order, augmentation, sampled decisions"""
     channels_last: bool = True
-    """NHWC memory format (about 2.7x faster convs on this project's CPUs)"""
+    """NHWC memory format (faster convs on CPUs; README, Performance notes)"""
     amp: str = "none"
-    """mixed precision: none, bf16 (about 1.5x faster steps on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
+    """mixed precision: none, bf16 (faster steps on AVX-512 BF16 CPUs) or fp16 (CUDA)"""
     checkpoint_minutes: float = 5.0
     """minutes between checkpoints (one is also written at each evaluation)"""
     resume: bool = False
