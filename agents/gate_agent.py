@@ -115,7 +115,7 @@ class ObservationAgent:
     # -- decoding
 
     def decode(self, obs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-        """Split observations into (pooled N x C_max float32, block N int64, MACs fraction N
+        """Split observations into (pooled B x C_max float32, block B int64, MACs fraction B
         float32, single) where ``block`` is the block that produced the activation and
         ``single`` says whether ``obs`` was one observation rather than a batch."""
         if self.dict_obs:
@@ -132,7 +132,7 @@ class ObservationAgent:
             width = self.c_max + 2
             if arr.ndim not in (1, 2) or arr.shape[-1] != width:
                 raise ValueError(
-                    f"expected observations of shape ({width},) or (N, {width}), got shape "
+                    f"expected observations of shape ({width},) or (B, {width}), got shape "
                     f"{arr.shape}"
                 )
             single = arr.ndim == 1
@@ -169,7 +169,7 @@ class ObservationAgent:
         self._state, self._num_envs = None, int(num_envs)
 
     def act(self, obs: Any) -> int | np.ndarray:
-        """Action for one observation (an int) or for a batch of N (N int64 actions).
+        """Action for one observation (an int) or for a batch of B (B int64 actions).
 
         Keeps the recurrent state between calls; a row whose observation is the first of
         an episode starts from the initial state.
@@ -196,14 +196,14 @@ class ObservationAgent:
         """Stable-Baselines3's ``predict``: (actions, next state), stateless between calls.
 
         Args:
-            observation: one observation or a batch of N.
+            observation: one observation or a batch of B.
             state: what the previous call returned (None at the start).
-            episode_start: N bool, rows whose episode starts here (their state is reset;
+            episode_start: B bool, rows whose episode starts here (their state is reset;
                 a row at its first decision is reset anyway).
             deterministic: greedy (p > 0.5) decisions when True, sampled otherwise.
 
         Returns:
-            actions (int64; shape () for one observation, N for a batch) and the state to
+            actions (int64; shape () for one observation, B for a batch) and the state to
             pass to the next call (a tuple of numpy arrays, or None for a stateless agent).
         """
         pooled, block, frac, single = self.decode(observation)
@@ -306,7 +306,7 @@ class GateAgent(ObservationAgent):
     ) -> tuple[np.ndarray, AgentState]:
         n = len(block)
         with torch.inference_mode():
-            fresh = torch.as_tensor((block == 0) | episode_start, device=self.device)  # N
+            fresh = torch.as_tensor((block == 0) | episode_start, device=self.device)  # B
             init = self.gate.initial_state(n, self.device)
             if state is None or bool(fresh.all()):
                 if init is not None and not bool(fresh.all()):
@@ -319,8 +319,8 @@ class GateAgent(ObservationAgent):
                 state = init
             else:
                 state = _map_state(lambda s, s0: self._reset_rows(s, s0, fresh, n), state, init)
-            x = torch.as_tensor(pooled, device=self.device)  # N x C_max
-            probs = torch.empty(n, device=self.device)  # N
+            x = torch.as_tensor(pooled, device=self.device)  # B x C_max
+            probs = torch.empty(n, device=self.device)  # B
             new_state = _map_state(torch.clone, state)
             for b in np.unique(block).tolist():
                 rows = torch.as_tensor(np.flatnonzero(block == b), device=self.device)  # R

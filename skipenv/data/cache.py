@@ -93,9 +93,9 @@ def _cache_problem(obj: Any, located: Located) -> str | None:
         return "images/labels missing"
     n = labels.shape[0] if labels.ndim == 1 else -1
     if images.dtype != torch.uint8 or tuple(images.shape) != (n, 3, IMAGE_SIZE, IMAGE_SIZE):
-        return f"images are {tuple(images.shape)} {images.dtype}, expected N x 3 x 32 x 32 uint8"
+        return f"images are {tuple(images.shape)} {images.dtype}, expected M x 3 x 32 x 32 uint8"
     if labels.dtype != torch.int64 or labels.ndim != 1:
-        return f"labels are {tuple(labels.shape)} {labels.dtype}, expected N int64"
+        return f"labels are {tuple(labels.shape)} {labels.dtype}, expected M int64"
     if obj.get("checksum") != _checksum(images, labels):
         return "checksum mismatch (the file is corrupted)"
     return None
@@ -112,8 +112,8 @@ def _write_cache(path: Path, located: Located, images: torch.Tensor, labels: tor
         "fingerprint": located.fingerprint,
         "checksum": _checksum(images, labels),
         "classes": list(CIFAR10_CLASSES),
-        "images": images,  # N x 3 x 32 x 32 uint8
-        "labels": labels,  # N int64
+        "images": images,  # M x 3 x 32 x 32 uint8
+        "labels": labels,  # M int64
     }
     try:
         atomic_write(path, lambda f: torch.save(payload, f))

@@ -144,9 +144,9 @@ class BatchLoader:
         ``y``: ``B`` int64 labels. Both on ``device``.
 
     Args:
-        data: a :class:`~skipenv.data.CifarSplit`, or an ``N x C x H x W`` uint8 tensor with
+        data: a :class:`~skipenv.data.CifarSplit`, or an ``M x C x H x W`` uint8 tensor with
             ``labels`` given separately.
-        labels: ``N`` integer labels when ``data`` is a tensor.
+        labels: ``M`` integer labels when ``data`` is a tensor.
         batch_size: images per batch (> 0).
         shuffle: a fresh permutation every epoch; otherwise the stored order.
         augment: random crop with ``padding`` zero pixels and random horizontal flip.
@@ -187,7 +187,7 @@ class BatchLoader:
             raise TypeError(f"data must be a CifarSplit or a tensor, got {type(data).__name__}")
         if images.ndim != 4 or images.dtype != torch.uint8:
             raise ValueError(
-                f"images must be an N x C x H x W uint8 tensor, got {tuple(images.shape)} "
+                f"images must be an M x C x H x W uint8 tensor, got {tuple(images.shape)} "
                 f"{images.dtype}"
             )
         labels = torch.as_tensor(labels)
@@ -213,8 +213,8 @@ class BatchLoader:
         self.device = torch.device(device) if device is not None else images.device
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        self.images = images.to(self.device).contiguous()  # N x C x H x W uint8
-        self.labels = labels.to(self.device, torch.int64)  # N int64
+        self.images = images.to(self.device).contiguous()  # M x C x H x W uint8
+        self.labels = labels.to(self.device, torch.int64)  # M int64
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
@@ -256,9 +256,9 @@ class BatchLoader:
         generator.manual_seed(_epoch_seed(self.seed, epoch))
         n = self.num_samples
         if self.shuffle:
-            order = torch.randperm(n, generator=generator, device=self.device)  # N int64
+            order = torch.randperm(n, generator=generator, device=self.device)  # M int64
         else:
-            order = torch.arange(n, device=self.device)  # N int64
+            order = torch.arange(n, device=self.device)  # M int64
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]  # B int64
             x = self.images.index_select(0, idx)  # B x C x H x W uint8

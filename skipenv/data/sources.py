@@ -287,7 +287,7 @@ def _decode_image_file(path: str) -> np.ndarray:
 
 def _decode_folder(located: Located, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     n = len(located.files)
-    pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)  # N x 32 x 32 x 3
+    pixels = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)  # M x 32 x 32 x 3
     bar = tqdm(
         located.files,
         desc=f"decoding {located.path}",
@@ -297,8 +297,8 @@ def _decode_folder(located: Located, progress: bool) -> tuple[torch.Tensor, torc
     )
     for i, (path, _) in enumerate(bar):
         pixels[i] = _decode_image_file(path)
-    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # N x 3 x 32 x 32 uint8
-    labels = torch.tensor([label for _, label in located.files], dtype=torch.int64)  # N
+    images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()  # M x 3 x 32 x 32 uint8
+    labels = torch.tensor([label for _, label in located.files], dtype=torch.int64)  # M
     return images, labels
 
 
@@ -327,7 +327,7 @@ class _BatchUnpickler(pickle.Unpickler):
 
 
 def _read_batch_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Read one official CIFAR-10 python batch: ``(N x 3 x 32 x 32 uint8, N int64)``."""
+    """Read one official CIFAR-10 python batch: ``(M x 3 x 32 x 32 uint8, M int64)``."""
     hint = "Delete the folder and load with download=True to fetch the batches again."
     try:
         with open(path, "rb") as f:
@@ -346,21 +346,21 @@ def _read_batch_file(path: str) -> tuple[torch.Tensor, torch.Tensor]:
         data = np.asarray(data)
         labels_np = np.asarray(labels)
         if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * IMAGE_SIZE**2:
-            raise ValueError(f"'data' is {data.shape} {data.dtype}, expected N x 3072 uint8")
+            raise ValueError(f"'data' is {data.shape} {data.dtype}, expected M x 3072 uint8")
         if labels_np.shape != (data.shape[0],) or not np.issubdtype(labels_np.dtype, np.integer):
             raise ValueError(f"'labels' has shape {labels_np.shape}, expected ({data.shape[0]},)")
         if data.shape[0] and (labels_np.min() < 0 or labels_np.max() >= len(CIFAR10_CLASSES)):
             raise ValueError(f"labels outside 0..{len(CIFAR10_CLASSES) - 1}")
     except ValueError as err:
         raise DataError(f"Corrupt CIFAR-10 batch file {path}: {err}. {hint}") from err
-    images = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())  # N x 3 x 32 x 32
-    return images, torch.from_numpy(labels_np.astype(np.int64))  # N int64
+    images = torch.from_numpy(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).copy())  # M x 3 x 32 x 32
+    return images, torch.from_numpy(labels_np.astype(np.int64))  # M int64
 
 
 def _read_batches(located: Located) -> tuple[torch.Tensor, torch.Tensor]:
     parts = [_read_batch_file(path) for path, _ in located.files]
-    images = torch.cat([p[0] for p in parts])  # N x 3 x 32 x 32 uint8
-    labels = torch.cat([p[1] for p in parts])  # N int64
+    images = torch.cat([p[0] for p in parts])  # M x 3 x 32 x 32 uint8
+    labels = torch.cat([p[1] for p in parts])  # M int64
     return images, labels
 
 

@@ -39,33 +39,33 @@ class CifarSplit:
     """One split of CIFAR-10 held in memory as uint8 tensors.
 
     Attributes:
-        images: ``N x 3 x 32 x 32`` uint8 tensor, RGB, values 0..255.
-        labels: ``N`` int64 tensor, values in ``0..len(classes)-1``.
+        images: ``M x 3 x 32 x 32`` uint8 tensor, RGB, values 0..255.
+        labels: ``M`` int64 tensor, values in ``0..len(classes)-1``.
         classes: class names in label order.
         split: the split name (``"train"``, ``"val"``, ``"train-full"`` or ``"test"``).
-        indices: ``N`` int64 positions of these images in the source split (the 50,000
+        indices: ``M`` int64 positions of these images in the source split (the 50,000
             training images for train/val/train-full, the 10,000 test images for test).
         source: ``"batches"`` or ``"folder"`` (empty when built by hand).
         path: the batch directory or image-folder split directory that was read.
     """
 
-    images: torch.Tensor  # N x 3 x 32 x 32 uint8
-    labels: torch.Tensor  # N int64
+    images: torch.Tensor  # M x 3 x 32 x 32 uint8
+    labels: torch.Tensor  # M int64
     classes: tuple[str, ...] = CIFAR10_CLASSES
     split: str = ""
-    indices: torch.Tensor | None = field(default=None, repr=False)  # N int64
+    indices: torch.Tensor | None = field(default=None, repr=False)  # M int64
     source: str = ""
     path: Path | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4 or self.images.dtype != torch.uint8:
             raise ValueError(
-                "images must be an N x C x H x W uint8 tensor, got "
+                "images must be an M x C x H x W uint8 tensor, got "
                 f"{tuple(self.images.shape)} {self.images.dtype}"
             )
         if self.labels.ndim != 1 or self.labels.dtype != torch.int64:
             raise ValueError(
-                f"labels must be an N int64 tensor, got {tuple(self.labels.shape)} "
+                f"labels must be an M int64 tensor, got {tuple(self.labels.shape)} "
                 f"{self.labels.dtype}"
             )
         if self.images.shape[0] != self.labels.shape[0]:
@@ -113,8 +113,8 @@ def val_indices(labels: torch.Tensor | Sequence[int], seed: int = VAL_SEED) -> t
     data), the ones with the smallest keys of a fixed hash of (``seed``, position). The result
     depends only on ``labels`` and ``seed``; leave ``seed`` at :data:`VAL_SEED`.
     """
-    labels_np = torch.as_tensor(labels).reshape(-1).to("cpu", torch.int64).numpy()  # N int64
-    keys = _index_keys(len(labels_np), seed)  # N uint64
+    labels_np = torch.as_tensor(labels).reshape(-1).to("cpu", torch.int64).numpy()  # M int64
+    keys = _index_keys(len(labels_np), seed)  # M uint64
     order = np.lexsort((keys, labels_np))  # by class, then key (keys are distinct)
     sorted_labels = labels_np[order]
     chosen = []
@@ -190,7 +190,7 @@ def load_cifar10(
         images = images.index_select(0, indices)  # M x 3 x 32 x 32 uint8
         labels = labels.index_select(0, indices)  # M int64
     else:
-        indices = torch.arange(len(labels), dtype=torch.int64)  # N int64
+        indices = torch.arange(len(labels), dtype=torch.int64)  # M int64
     return CifarSplit(
         images=images,
         labels=labels,
