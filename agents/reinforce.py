@@ -18,6 +18,10 @@ from skipenv.models.gating import log_prob
 from skipenv.training.devices import autocast
 
 BASELINES = ("none", "mean", "greedy")
+#: Reward forms: the paper's (``alpha / K`` per skip, minus the final cross-entropy) and the
+#: environment's ``accuracy`` form (+1 if correct, minus ``price`` times each block's share of
+#: the full network's MACs), the same as SkipNetEnv's ``reward="paper"`` / ``"accuracy"``.
+REWARDS = ("paper", "accuracy")
 
 
 def skip_rewards(
@@ -38,6 +42,37 @@ def skip_rewards(
     final = -F.cross_entropy(logits.detach().float(), labels, reduction="none")  # B
     rewards[:, -1] += final
     return rewards
+
+
+def accuracy_rewards(
+    execute: torch.Tensor,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    price: float,
+    block_cost: torch.Tensor,
+) -> torch.Tensor:
+    """Rewards of each decision in the ``accuracy`` form: B x K float.
+
+    Decision k costs ``price * block_cost[k]`` when it executes its block (``block_cost``: K,
+    the block's MACs when run minus when skipped, as a share of the full network's); the last
+    decision also earns 1 for a correct prediction.
+    """
+    if execute.ndim != 2 or execute.shape[1] == 0:
+        raise ValueError(f"execute must be B x K with K >= 1, got shape {tuple(execute.shape)}")
+    if block_cost.shape != (execute.shape[1],):
+        raise ValueError(
+            f"block_cost must hold one share per decision ({execute.shape[1]}), got shape "
+            f"{tuple(block_cost.shape)}"
+        )
+    rewards = -price * execute.float() * block_cost.to(execute.device).float()  # B x K
+    rewards[:, -1] += (logits.detach().argmax(dim=1) == labels).float()
+    return rewards
+
+
+def bernoulli_entropy(probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Entropy (nats) of Bernoulli(``probs``), same shape."""
+    p = probs.clamp(eps, 1.0 - eps)
+    return -(p * p.log() + (1.0 - p) * (1.0 - p).log())
 
 
 def returns_to_go(rewards: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
@@ -94,8 +129,19 @@ def hybrid_loss(
     rl_weight: float = 0.01,
     baseline: str = "mean",
     greedy: tuple[torch.Tensor, torch.Tensor] | None = None,
+    reward: str = "paper",
+    price: float = 0.0,
+    block_cost: torch.Tensor | None = None,
+    entropy: float = 0.0,
+    supervised: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SkipNet's hybrid objective: cross-entropy + ``rl_weight`` x REINFORCE on the gates.
+
+    ``reward`` picks the per-decision rewards (:data:`REWARDS`: ``paper`` uses ``alpha``,
+    ``accuracy`` uses ``price`` and ``block_cost``, see :func:`accuracy_rewards`);
+    ``entropy`` > 0 subtracts ``rl_weight * entropy`` x the mean Bernoulli entropy of the
+    decisions (an exploration bonus; 0 in the paper). ``supervised=False`` leaves the
+    cross-entropy out of the loss (REINFORCE alone, for a gate on a frozen backbone).
 
     Args:
         logits: B x num_classes, from a forward with sampled gates and real skipping.
@@ -108,15 +154,27 @@ def hybrid_loss(
     Returns:
         The loss to minimise, and the cross-entropy alone (for logging).
     """
+    if reward not in REWARDS:
+        raise ValueError(f"unknown reward {reward!r}; choose one of {REWARDS}")
+    if reward == "accuracy" and block_cost is None:
+        raise ValueError("reward='accuracy' needs block_cost (K shares of the full MACs)")
+
+    def rewards(decisions: torch.Tensor, out_logits: torch.Tensor) -> torch.Tensor:
+        if reward == "paper":
+            return skip_rewards(decisions, out_logits, labels, alpha)
+        return accuracy_rewards(decisions, out_logits, labels, price, block_cost)
+
     ce = F.cross_entropy(logits.float(), labels)
     decisions = executed[:, 1:]  # B x K
-    returns = returns_to_go(skip_rewards(decisions, logits, labels, alpha), gamma)  # B x K
+    returns = returns_to_go(rewards(decisions, logits), gamma)  # B x K
     base = None
     if greedy is not None:
         g_logits, g_executed = greedy
-        base = returns_to_go(skip_rewards(g_executed[:, 1:], g_logits, labels, alpha), gamma)
+        base = returns_to_go(rewards(g_executed[:, 1:], g_logits), gamma)  # B x K
     pg = reinforce_loss(probs.float(), decisions, returns, baseline, base)
-    return ce + rl_weight * pg, ce
+    if entropy > 0:
+        pg = pg - entropy * bernoulli_entropy(probs.float()).mean()
+    return (ce + rl_weight * pg if supervised else rl_weight * pg), ce
 
 
 def hrl_step_loss(
@@ -132,6 +190,11 @@ def hrl_step_loss(
     explore: float = 0.0,
     amp: str = "none",
     net: nn.Module | None = None,
+    reward: str = "paper",
+    price: float = 0.0,
+    block_cost: torch.Tensor | None = None,
+    entropy: float = 0.0,
+    supervised: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The forward passes and loss of one HRL step on images ``x`` (B x 3 x H x W).
 
@@ -162,5 +225,10 @@ def hrl_step_loss(
         rl_weight=rl_weight,
         baseline=baseline,
         greedy=greedy,
+        reward=reward,
+        price=price,
+        block_cost=block_cost,
+        entropy=entropy,
+        supervised=supervised,
     )
     return loss, ce, out

@@ -57,3 +57,34 @@ def test_hybrid_loss_is_ce_plus_weighted_pg() -> None:
     loss, ce = hybrid_loss(logits, probs, executed, labels, alpha=0.1, rl_weight=0.0)
     assert math.isclose(float(loss), float(ce))
     assert math.isclose(float(ce), float(F.cross_entropy(logits, labels)), rel_tol=1e-6)
+
+
+def test_accuracy_rewards_charge_executed_blocks_and_pay_correctness() -> None:
+    from agents.reinforce import accuracy_rewards
+
+    execute = torch.tensor([[True, False, True], [False, False, False]])  # B x K
+    logits = torch.tensor([[2.0, 0.0], [2.0, 0.0]])
+    labels = torch.tensor([0, 1])  # first correct, second wrong
+    cost = torch.tensor([0.1, 0.2, 0.3])
+    r = accuracy_rewards(execute, logits, labels, price=0.5, block_cost=cost)
+    expected = torch.tensor([[-0.05, 0.0, -0.15 + 1.0], [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(r, expected)
+    with pytest.raises(ValueError, match="block_cost"):
+        accuracy_rewards(execute, logits, labels, 0.5, torch.ones(2))
+
+
+def test_entropy_bonus_pushes_a_sure_gate_back_towards_one_half() -> None:
+    logit = torch.full((8, 2), 3.0, requires_grad=True)  # p(execute) ~ 0.95
+    execute = torch.ones(8, 2, dtype=torch.bool)
+    executed = torch.cat([torch.ones(8, 1, dtype=torch.bool), execute], dim=1)  # B x N
+    logits, labels = torch.zeros(8, 10), torch.zeros(8, dtype=torch.long)
+    kw = dict(alpha=0.0, baseline="mean")  # every return equal: no policy gradient
+    loss, _ = hybrid_loss(logits, torch.sigmoid(logit), executed, labels, entropy=0.1, **kw)
+    loss.backward()
+    assert (logit.grad > 0).all()  # descending the loss lowers the logit: p moves towards 0.5
+    logit.grad = None
+    loss, _ = hybrid_loss(logits, torch.sigmoid(logit), executed, labels, **kw)
+    loss.backward()
+    assert torch.count_nonzero(logit.grad) == 0
+    with pytest.raises(ValueError, match="reward"):
+        hybrid_loss(logits, torch.sigmoid(logit), executed, labels, reward="correct", **kw)

@@ -229,3 +229,28 @@ def test_torchrun_two_cpu_processes(
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1  # only rank 0 writes
     assert sorted(p.name for p in out.iterdir()) == ["final.pt", "last.pt", "metrics.jsonl"]
+
+
+def test_gate_alone_on_a_frozen_backbone(
+    data_root: Path, sp_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = hrl_args(
+        data_root,
+        tmp_path / "rl",
+        sp_checkpoint,
+        freeze_backbone=True,
+        fresh_gate=True,
+        reward="accuracy",
+        price=0.5,
+        entropy=0.01,
+        epochs=1,
+    )
+    hybrid.main(args)
+    before = load_checkpoint(sp_checkpoint)
+    after = load_checkpoint(tmp_path / "rl" / "final.pt", kinds=("hrl",))
+    for key, value in before["model"].items():  # the backbone never moved
+        torch.testing.assert_close(after["model"][key], value, rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(after["gate"][k], v) for k, v in before["gate"].items())
+    assert after["config"]["reward"] == "accuracy" and after["config"]["freeze_backbone"]
+    with pytest.raises(ValueError, match="--reward"):
+        hybrid.main(hrl_args(data_root, tmp_path / "bad", sp_checkpoint, reward="correct"))

@@ -41,8 +41,11 @@ import torch
 import tyro
 from torch.nn.parallel import DistributedDataParallel
 
-from agents.reinforce import BASELINES, hrl_step_loss
-from agents.skipnet import freeze_batch_norm, load_skipnet
+from agents.gates import build_gate
+from agents.reinforce import BASELINES, REWARDS, hrl_step_loss
+from agents.skipnet import SkipNet, freeze_batch_norm, load_skipnet
+from skipenv.models.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
@@ -91,6 +94,20 @@ class Args(RunArgs):
     """keep batch-norm statistics from SP fixed during HRL (see the module docstring)"""
     eval_every: int = 0
     """evaluate (and log) every this many steps; 0: at each epoch's end"""
+    reward: str = "paper"
+    """reward form: paper (alpha / K per skip, minus the final cross-entropy) or accuracy (+1
+    if correct, minus --price times each executed block's share of the full MACs; the env's
+    reward="accuracy")"""
+    price: float = 0.5
+    """compute price of the accuracy reward (running every block costs about this much)"""
+    entropy: float = 0.0
+    """weight of a Bernoulli-entropy bonus on the gate's decisions (0: the paper's loss)"""
+    freeze_backbone: bool = False
+    """train the gate alone by REINFORCE on a frozen backbone (no backbone update, no
+    cross-entropy term): the paper's gate as a pure RL agent"""
+    fresh_gate: bool = False
+    """start from a newly initialised recurrent gate (executes every block) instead of the
+    checkpoint's; then --sp may be any backbone checkpoint (base, sp, hrl)"""
     pretrain: supervised.Args = field(default_factory=supervised.Args)
     """the SP stage run first when --sp is not given (its out, data, device, seed and resume
     are taken from this run)"""
@@ -129,6 +146,10 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown --schedule {args.schedule!r}; choose one of {SCHEDULES}")
     if args.baseline not in BASELINES:
         raise ValueError(f"unknown --baseline {args.baseline!r}; choose one of {BASELINES}")
+    if args.reward not in REWARDS:
+        raise ValueError(f"unknown --reward {args.reward!r}; choose one of {REWARDS}")
+    if args.price < 0 or args.entropy < 0:
+        raise ValueError(f"need --price >= 0 and --entropy >= 0, got {args.price}, {args.entropy}")
     if args.alpha < 0 or not 0 <= args.gamma <= 1:
         raise ValueError(f"need alpha >= 0 and 0 <= gamma <= 1, got {args.alpha}, {args.gamma}")
     sp_path = args.sp if args.sp is not None else run_pretraining(args)
@@ -145,8 +166,15 @@ def main(args: Args) -> dict:
     train_loader, eval_loader = cifar_loaders(args, device, dist.is_main)
 
     # model: the SP network (or the checkpoint being resumed)
-    model = load_skipnet(run.last if args.resume else sp_path, map_location=device)
+    if args.fresh_gate and not args.resume:
+        payload = load_checkpoint(resolve_checkpoint(sp_path), BACKBONE_KINDS, map_location=device)
+        backbone = load_backbone(payload, map_location=device)
+        model = SkipNet(backbone, build_gate({"type": "rnn"}, backbone.block_channels))
+    else:
+        model = load_skipnet(run.last if args.resume else sp_path, map_location=device)
     model = model.to(device, memory_format=fmt)
+    if args.freeze_backbone:
+        model.backbone.requires_grad_(False)
     # a block skipped by every image of a batch gets no gradient that step
     net = DistributedDataParallel(model, find_unused_parameters=True) if dist.enabled else model
     optimizer = torch.optim.SGD(
@@ -158,6 +186,8 @@ def main(args: Args) -> dict:
         weight_decay=args.weight_decay,
     )
     table = model.backbone.macs_table()
+    run_macs = torch.tensor(table.block_execute[1:]) - torch.tensor(table.block_skip[1:])  # K
+    block_cost = run_macs.double() / table.full  # K: what running block k + 1 adds to the MACs
     total_steps = max(1, round(args.epochs * len(train_loader)))
     config = config_dict(args)
     config["sp"] = str(sp_path)
@@ -178,6 +208,11 @@ def main(args: Args) -> dict:
             baseline=args.baseline,
             explore=args.explore,
             amp=args.amp,
+            reward=args.reward,
+            price=args.price,
+            block_cost=block_cost,
+            entropy=args.entropy,
+            supervised=not args.freeze_backbone,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
