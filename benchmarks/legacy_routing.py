@@ -1,10 +1,12 @@
-"""The block routing as it was before issue 13, kept so benchmarks time before and after in one run.
+"""Routing and gate pooling as they were before issue 13, so benchmarks time before and after.
 
-``legacy_routing()`` swaps it into :class:`skipenv.resnet.BasicBlock` for the duration of a
-``with`` block. It computes the same outputs and gradients as the current routing; only the
-cost differs: two ``nonzero`` calls per block, and under autograd the built-in
-``index_select`` / ``index_copy`` backward (a zero-filled B-row tensor per gather, a cloned
-B-row tensor per scatter, and their sum).
+``legacy_routing()`` swaps them in for the duration of a ``with`` block: the block routing
+of :class:`skipenv.resnet.BasicBlock` (two ``nonzero`` calls per block; under autograd the
+built-in ``index_select`` / ``index_copy`` backward: a zero-filled B-row tensor per gather,
+a cloned B-row tensor per scatter, and their sum) and the gates' pooling (``h.mean``, whose
+broadcast gradient is slow to add to a bfloat16 channels_last gradient on CPU). Outputs and
+gradients are the same as now; only the cost differs. Not covered: the greedy baseline's
+``no_grad`` (now ``inference_mode``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterator
 
 import torch
 
+import agents.gates
 from skipenv import resnet
 from skipenv.resnet import BasicBlock, put_rows, take_rows
 
@@ -25,9 +28,7 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
-def legacy_forward_routed(
-    self: BasicBlock, x: torch.Tensor, execute: torch.Tensor
-) -> torch.Tensor:
+def legacy_forward_routed(self: BasicBlock, x: torch.Tensor, execute: torch.Tensor) -> torch.Tensor:
     """The pre-issue-13 ``BasicBlock.forward_routed``, verbatim."""
     run = execute.nonzero().squeeze(1)  # R executing images
     if run.numel() == x.shape[0]:
@@ -52,9 +53,15 @@ def legacy_routing(enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    current = getattr(BasicBlock, ROUTE_METHOD)
+    current, pool = getattr(BasicBlock, ROUTE_METHOD), agents.gates.global_avg_pool
     setattr(BasicBlock, ROUTE_METHOD, legacy_forward_routed)
+    agents.gates.global_avg_pool = _mean_pool
     try:
         yield
     finally:
         setattr(BasicBlock, ROUTE_METHOD, current)
+        agents.gates.global_avg_pool = pool
+
+
+def _mean_pool(h: torch.Tensor) -> torch.Tensor:
+    return h.mean(dim=(2, 3))  # B x C
