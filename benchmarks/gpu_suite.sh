@@ -96,5 +96,11 @@ else
 fi
 echo "]" >> "$manifest"
 mv "$manifest" "$out/suite.json"
-"$py" -c 'import json, sys; rows = json.load(open(sys.argv[1])); print("\n".join(f"{r[\"name\"]:15s} status {r[\"exit_status\"]}  {r[\"wall_s\"]:7.1f} s" for r in rows))' "$out/suite.json"
+"$py" - "$out/suite.json" <<'PY'
+import json
+import sys
+
+for r in json.load(open(sys.argv[1])):
+    print(f"{r['name']:15s} status {r['exit_status']}  {r['wall_s']:7.1f} s")
+PY
 echo "suite: $(( $(date +%s) - suite_start )) s, JSON in $out"
