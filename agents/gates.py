@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from skipenv.models.flops import conv_macs, linear_macs
-from skipenv.models.gating import Gate
+from skipenv.models.gating import Gate, global_avg_pool
 
 GATE_TYPES: tuple[str, ...] = ("rnn", "ffgate1", "ffgate2")
 
@@ -181,7 +181,7 @@ class RNNGate(_BlockGate):
         self, h: torch.Tensor, block: int, state: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         self._check_input(h, block, ndim=4)
-        return self.forward_pooled(h.mean(dim=(2, 3)), block, state)  # pooled: B x C
+        return self.forward_pooled(global_avg_pool(h), block, state)  # pooled: B x C
 
     def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
         """Embedding, LSTM cell (input and hidden matmuls, 4 gates) and output layer."""
@@ -245,7 +245,7 @@ class _FFGate(_BlockGate):
     def forward(self, h: torch.Tensor, block: int, state: Any) -> tuple[torch.Tensor, Any]:
         self._check_input(h, block, ndim=4)
         z = self.features[block](h)  # B x C x H' x W'
-        z = z.mean(dim=(2, 3))  # B x C
+        z = global_avg_pool(z)  # B x C
         logits = self.logits[block](z)  # B x 2
         return F.softmax(logits, dim=1)[:, 1], state  # B
 

@@ -177,6 +177,17 @@ def hybrid_loss(
     return (ce + rl_weight * pg if supervised else rl_weight * pg), ce
 
 
+def greedy_routes(
+    model: nn.Module, x: torch.Tensor, amp: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy routes of images ``x`` for the self-critical baseline: logits (B x classes)
+    and executed blocks (B x N bool). Run under ``inference_mode``: no autograd graph or
+    saved activations; batch norm behaves as the model's mode says (frozen in HRL)."""
+    with torch.inference_mode(), autocast(x.device, amp):
+        g = model(x, mode="greedy", routing="skip")
+    return g.logits, g.executed
+
+
 def hrl_step_loss(
     model: nn.Module,
     x: torch.Tensor,
@@ -208,11 +219,7 @@ def hrl_step_loss(
         The loss, the cross-entropy alone, and the sampled forward's ``GatedOutput``.
     """
     device = x.device
-    greedy = None
-    if baseline == "greedy":  # the same images' greedy routes, no gradient
-        with torch.no_grad(), autocast(device, amp):
-            g = model(x, mode="greedy", routing="skip")
-        greedy = (g.logits, g.executed)
+    greedy = greedy_routes(model, x, amp) if baseline == "greedy" else None
     with autocast(device, amp):
         out = (net or model)(x, mode="sample", routing="skip", generator=generator, explore=explore)
     loss, ce = hybrid_loss(

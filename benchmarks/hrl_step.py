@@ -1,45 +1,84 @@
-"""How much does an HRL training step cost next to a full-network training step?
+"""How much does an HRL training step cost next to a full-network training step, and where?
 
 An HRL step samples every gate decision and really skips the blocks not executed, so its
 forward and backward touch only the executed blocks; a full-network step (train/base.py)
 runs every block. Both are timed at the same batch on the same backbone weights, with the
 gates of a trained SkipNet checkpoint (so the skip rate is the one that training reached),
 plus the SP step (masked: every block computed, gate on top) for reference. The HRL step is
-the one train/hybrid.py takes: exploration mixed into the sampling and, with the greedy
-baseline, one extra no-gradient forward of the greedy routes.
+the one train/hybrid.py takes (``agents.reinforce.hrl_step_loss``): exploration mixed into
+the sampling and, with the greedy baseline, one extra no-gradient forward of the greedy
+routes; batch norm frozen as train/hybrid.py does by default.
 
-Each round runs the three steps in a shuffled order, each once untimed and then timed; a
-step's ratio is the median over rounds of its time over the full step's time in that round.
-The learning rate is 0, so the weights and hence the skip rate stay fixed while timing.
+Each round runs the cases in a shuffled order, each once untimed and then timed; a case's
+ratio is the median over rounds of its time over the full step's time in that round. The
+learning rate is 0, so the weights and hence the skip rate stay fixed while timing.
 
-    python benchmarks/hrl_step.py --checkpoint runs/hrl38/final.pt --json results/hrl_step.json
+Breakdown: the same rounds also time each case phase by phase (greedy-route forward,
+sampled forward with its gate calls, loss, backward, optimiser), plus the backbone alone on
+the same routes (``skipenv.models.gating.FixedGate``, no gate), whose difference to the sampled
+forward and backward is what the gate calls cost. ``--baseline-impl`` adds the HRL step as
+it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds.
+
+    python benchmarks/hrl_step.py --amp bf16 --baseline-impl --json results/hrl_step.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import random
 import statistics
+import sys
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from agents.reinforce import hrl_step_loss
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from legacy_routing import legacy_routing
+
+from agents.reinforce import greedy_routes, hrl_step_loss, hybrid_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.gating import FixedGate
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
+
+
+class Phases:
+    """Seconds per named phase of one call (synchronising CUDA at each mark)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.times = device, {}
+
+    def start(self) -> None:
+        self._sync()
+        self.times, self._last = {}, time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.times[name] = self.times.get(name, 0.0) + now - self._last
+        self._last = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="an sp or hrl checkpoint")
-    parser.add_argument("--alpha", type=float, default=3.0, help="HRL compute reward")
+    parser.add_argument(
+        "--checkpoint",
+        default="skipnet38-hrl-a1",
+        help="an sp or hrl checkpoint: a path or a shipped name (default: the fewest FLOPs)",
+    )
+    parser.add_argument("--alpha", type=float, default=1.0, help="HRL compute reward")
     parser.add_argument("--explore", type=float, default=0.2, help="as train/hybrid.py")
     parser.add_argument(
         "--baseline", default="greedy", help="as train/hybrid.py (greedy adds a no-grad forward)"
@@ -48,8 +87,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
-    parser.add_argument("--amp", default="none", help="none or bf16 (as in training)")
+    parser.add_argument("--amp", default="none", help="none, bf16 or fp16 (as in training)")
     parser.add_argument("--data-dir", default=None, help="CIFAR-10 root (train split images)")
+    parser.add_argument(
+        "--synthetic", action="store_true", help="random images (speed does not depend on them)"
+    )
+    parser.add_argument(
+        "--baseline-impl",
+        action="store_true",
+        help="also time the pre-issue-13 routing and gate pooling in the same rounds",
+    )
+    parser.add_argument("--no-sp", action="store_true", help="leave out the SP (masked) step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
@@ -63,16 +111,22 @@ def main() -> None:
     skipnet = load_skipnet(args.checkpoint, map_location=device).to(memory_format=fmt)
     plain = copy.deepcopy(skipnet.backbone)  # same weights, every block run
     masked = copy.deepcopy(skipnet)
-    loader = BatchLoader(
-        load_cifar10("train", args.data_dir),
-        batch_size=args.batch_size,
-        shuffle=True,
-        augment=True,
-        device=device,
-        seed=args.seed,
-        channels_last=True,
-    )
-    x, y = next(iter(loader))
+    if args.synthetic:
+        gen = torch.Generator().manual_seed(args.seed)
+        x = torch.randn(args.batch_size, 3, 32, 32, generator=gen)
+        x = x.to(device, memory_format=fmt)  # B x 3 x 32 x 32
+        y = torch.randint(0, 10, (args.batch_size,), generator=gen).to(device)  # B
+    else:
+        loader = BatchLoader(
+            load_cifar10("train", args.data_dir),
+            batch_size=args.batch_size,
+            shuffle=True,
+            augment=True,
+            device=device,
+            seed=args.seed,
+            channels_last=True,
+        )
+        x, y = next(iter(loader))
     generator = torch.Generator(device=device).manual_seed(args.seed)
     opts = {
         name: torch.optim.SGD(m.parameters(), lr=0.0, momentum=0.9)
@@ -84,17 +138,22 @@ def main() -> None:
     freeze_batch_norm(skipnet)  # as train/hybrid.py does by default
     sampled: list[tuple[float, float]] = []  # (block fraction, FLOPs fraction) per HRL step
     table = skipnet.backbone.macs_table()  # flops_fraction: backbone MACs, gate left out
+    phases = Phases(device)
 
     def full_step() -> None:
         with autocast(device, args.amp):
             logits = plain(x)  # B x 10
+        phases.mark("forward")
         loss = F.cross_entropy(logits.float(), y)
+        phases.mark("loss")
         opts["full"].zero_grad(set_to_none=True)
         loss.backward()
+        phases.mark("backward")
         opts["full"].step()
+        phases.mark("optimiser")
 
-    def hrl_step() -> None:
-        loss, _, out = hrl_step_loss(  # the same forward passes and loss as train/hybrid.py
+    def hrl_step() -> None:  # exactly what train/hybrid.py runs
+        loss, _, out = hrl_step_loss(
             skipnet,
             x,
             y,
@@ -104,40 +163,92 @@ def main() -> None:
             explore=args.explore,
             amp=args.amp,
         )
+        phases.mark("forwards+loss")
         opts["hrl"].zero_grad(set_to_none=True)
         loss.backward()
+        phases.mark("backward")
         opts["hrl"].step()
+        phases.mark("optimiser")
         sampled.append(
             (float(out.executed.float().mean()), float(table.flops_fraction(out.executed).mean()))
         )
 
+    def hrl_phases() -> None:  # hrl_step_loss's pieces one by one, then the gate-free backbone
+        greedy = None
+        if args.baseline == "greedy":
+            greedy = greedy_routes(skipnet, x, args.amp)
+        phases.mark("greedy forward")
+        with autocast(device, args.amp):
+            out = skipnet(x, mode="sample", generator=generator, explore=args.explore)
+        phases.mark("sampled forward")
+        loss, _ = hybrid_loss(
+            out.logits,
+            out.probs,
+            out.executed,
+            y,
+            alpha=args.alpha,
+            baseline=args.baseline,
+            greedy=greedy,
+        )
+        phases.mark("loss")
+        opts["hrl"].zero_grad(set_to_none=True)
+        loss.backward()
+        phases.mark("backward")
+        opts["hrl"].step()
+        phases.mark("optimiser")
+        fixed = FixedGate(out.executed[:, 1:])
+        with autocast(device, args.amp):
+            logits = skipnet.backbone.forward_gated(x, fixed, mode="greedy").logits
+        phases.mark("same routes, no gate: forward")
+        opts["hrl"].zero_grad(set_to_none=True)
+        F.cross_entropy(logits.float(), y).backward()
+        phases.mark("same routes, no gate: backward")
+
     def sp_step() -> None:
         with autocast(device, args.amp):
             out = masked(x, mode="hard", routing="masked")
+        phases.mark("forward")
         loss = F.cross_entropy(out.logits.float(), y)
         opts["sp"].zero_grad(set_to_none=True)
         loss.backward()
+        phases.mark("backward")
         opts["sp"].step()
+        phases.mark("optimiser")
 
-    cases: dict[str, Callable[[], None]] = {"full": full_step, "hrl": hrl_step, "sp": sp_step}
+    legacy: Callable[[], contextlib.AbstractContextManager] = legacy_routing
+    cases: dict[str, tuple[Callable[[], None], Callable[[], contextlib.AbstractContextManager]]]
+    cases = {
+        "full": (full_step, contextlib.nullcontext),
+        "hrl": (hrl_step, contextlib.nullcontext),
+        "hrl phases": (hrl_phases, contextlib.nullcontext),
+    }
+    if not args.no_sp:
+        cases["sp"] = (sp_step, contextlib.nullcontext)
+    if args.baseline_impl:
+        cases["hrl (before)"] = (hrl_step, legacy)
+        cases["hrl phases (before)"] = (hrl_phases, legacy)
     rng = random.Random(args.seed)
     times: dict[str, list[float]] = {name: [] for name in cases}
+    parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _ in range(args.repeats):
         order = list(cases)
         rng.shuffle(order)
         for name in order:
-            cases[name]()  # untimed: warms the allocator for this case's sizes
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            cases[name]()
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times[name].append(time.perf_counter() - start)
-    ratios = {
-        name: statistics.median(t / f for t, f in zip(times[name], times["full"], strict=True))
-        for name in ("hrl", "sp")
-    }
+            fn, context = cases[name]
+            with context():
+                phases.start()
+                fn()  # untimed: warms the allocator for this case's sizes
+                phases.start()
+                fn()
+            times[name].append(sum(phases.times.values()))
+            for phase, seconds in phases.times.items():
+                parts[name][phase].append(seconds)
+    full_t = times["full"]
+
+    def ratio(name: str) -> float:
+        return statistics.median(t / f for t, f in zip(times[name], full_t, strict=True))
+
+    timed = [n for n in cases if "phases" not in n]
     blocks = statistics.mean(b for b, _ in sampled)
     flops = statistics.mean(f for _, f in sampled)
     result = {
@@ -149,27 +260,38 @@ def main() -> None:
         "baseline": args.baseline,
         "batch_size": args.batch_size,
         "repeats": args.repeats,
-        "full_step_s": statistics.median(times["full"]),
-        "hrl_step_s": statistics.median(times["hrl"]),
-        "sp_step_s": statistics.median(times["sp"]),
-        "hrl_over_full": ratios["hrl"],
-        "sp_over_full": ratios["sp"],
+        "data": "synthetic" if args.synthetic else "cifar10-train",
         "hrl_sampled_block_fraction": blocks,
         "hrl_sampled_flops_fraction": flops,
+        "step_s": {n: statistics.median(times[n]) for n in timed},
+        "over_full": {n: ratio(n) for n in timed},
+        "phases_ms": {
+            name: {p: 1000 * statistics.median(v) for p, v in parts[name].items()}
+            for name in ("full", *[n for n in cases if "phases" in n])
+        },
     }
     print(
         f"device {device}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
-        f"amp {args.amp}, median of {args.repeats} rounds"
+        f"amp {args.amp}, baseline {args.baseline}, median of {args.repeats} rounds"
     )
-    print(f"full-network step  {1000 * result['full_step_s']:8.1f} ms   1.000")
     print(
-        f"HRL step           {1000 * result['hrl_step_s']:8.1f} ms   {ratios['hrl']:.3f}   "
-        f"(sampled: {100 * blocks:.1f}% of blocks, {100 * flops:.1f}% of FLOPs)"
+        f"HRL sampled {100 * blocks:.1f}% of blocks, {100 * flops:.1f}% of FLOPs "
+        f"(explore {args.explore})\n"
     )
-    print(f"SP step (masked)   {1000 * result['sp_step_s']:8.1f} ms   {ratios['sp']:.3f}")
+    print(f"{'step':22s} {'ms':>8s} {'/ full':>7s}")
+    for name in timed:
+        print(f"{name:22s} {1000 * result['step_s'][name]:8.1f} {result['over_full'][name]:7.3f}")
+    print("\nbreakdown, ms (median per phase; the last two are the backbone alone on the HRL")
+    print("step's routes, so sampled - no gate = the gate calls):")
+    for name, ph in result["phases_ms"].items():
+        print(f"  {name}")
+        for phase, ms in ph.items():
+            print(f"    {phase:32s} {ms:8.1f}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+        json.loads(args.json.read_text())  # readable by its own reader
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

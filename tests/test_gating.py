@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skipenv.models.gating import FixedGate, decide, log_prob
+from skipenv.models.gating import FixedGate, decide, global_avg_pool, log_prob
 from skipenv.models.resnet import SkipResNet
 
 
@@ -61,3 +61,25 @@ def test_forward_gated_rules(tiny_model: SkipResNet) -> None:
     assert out.probs.shape == out.gates.shape == (3, tiny_model.num_decisions)
     assert out.executed.all()
     assert torch.equal(out.macs, torch.full((3,), tiny_model.macs_table().full))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_avg_pool_matches_mean(dtype: torch.dtype, channels_last: bool) -> None:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    h = torch.randn(5, 4, 6, 6, generator=torch.Generator().manual_seed(0)).to(dtype)
+    h = h.to(memory_format=fmt)
+    w = torch.randn(5, 4).to(dtype)
+    grads, outs = [], []
+    for pool in (global_avg_pool, lambda t: t.mean(dim=(2, 3))):
+        hi = h.clone().requires_grad_()
+        out = pool(hi)
+        (out * w).sum().backward()
+        outs.append(out)
+        grads.append(hi.grad)
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(outs[0], outs[1], **tol)
+    torch.testing.assert_close(grads[0], grads[1])
+    assert grads[0].is_contiguous(memory_format=fmt)
+    with pytest.raises(ValueError, match="B x C x H x W"):
+        global_avg_pool(h[0])

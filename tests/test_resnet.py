@@ -109,6 +109,27 @@ def test_skipping_with_autograd_matches_masked_gradients(tiny_model: SkipResNet)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_skipping_input_gradients_match_masked(tiny_model: SkipResNet, channels_last: bool) -> None:
+    # the routed gathers and scatters have their own backward (_SplitRows, _MergeRows)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = tiny_model.eval().to(memory_format=fmt)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(7, 3, 32, 32, generator=gen).to(memory_format=fmt)
+    execute = torch.rand(7, model.num_decisions, generator=gen) > 0.5
+    execute[0] = True  # some blocks run for every image, some for none
+    execute[:, 0] = False
+    grads = []
+    for fn in (
+        lambda xi: model.forward_skip(xi, execute),
+        lambda xi: model.forward_masked(xi, execute.float()),
+    ):
+        xi = x.clone().requires_grad_()
+        fn(xi).logsumexp(dim=1).sum().backward()
+        grads.append(xi.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
 def test_step_by_step_equals_batched_gated_forward(tiny_model: SkipResNet) -> None:
     tiny_model.eval()
     x = torch.randn(7, 3, 32, 32)

@@ -50,6 +50,42 @@ class Gate(nn.Module):
         raise NotImplementedError
 
 
+class _GlobalAvgPool(torch.autograd.Function):
+    """``h.mean(dim=(2, 3))`` whose backward writes a dense gradient in ``h``'s memory format."""
+
+    @staticmethod
+    def forward(ctx, h):  # type: ignore[override]
+        b, c, height, width = h.shape
+        channels_last = not h.is_contiguous() and h.is_contiguous(
+            memory_format=torch.channels_last
+        )
+        ctx.layout = (h.shape, h.dtype, channels_last)
+        if channels_last:  # reduce the contiguous NHWC view: B x HW x C -> B x C
+            return h.permute(0, 2, 3, 1).reshape(b, height * width, c).mean(dim=1)
+        return h.mean(dim=(2, 3))
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        shape, dtype, channels_last = ctx.layout
+        b, c, height, width = shape
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        out = torch.empty(shape, dtype=dtype, device=grad.device, memory_format=fmt)
+        share = (grad / (height * width)).to(dtype).view(b, c, 1, 1)  # B x C x 1 x 1
+        return out.copy_(share.expand(shape))
+
+
+def global_avg_pool(h: torch.Tensor) -> torch.Tensor:
+    """Global average pooling: B x C x H x W -> B x C (same values as ``h.mean(dim=(2, 3))``).
+
+    The gradient it passes back is a dense tensor laid out like ``h``. Autograd's own mean
+    gives a broadcast one, and adding that to the block's gradient in bfloat16 takes a slow
+    strided path on CPU (about 15 ms per 128 x 16 x 32 x 32 activation, against 0.4 ms).
+    """
+    if h.ndim != 4:
+        raise ValueError(f"expected B x C x H x W activations, got shape {tuple(h.shape)}")
+    return _GlobalAvgPool.apply(h)
+
+
 def decide(
     probs: torch.Tensor, mode: GateMode, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

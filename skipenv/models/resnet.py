@@ -83,6 +83,75 @@ def _needs_graph(*tensors: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def split_rows(execute: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the images that execute (R) and of those that skip (B - R), each ascending.
+
+    One stable sort and one count, so a CUDA device synchronises once per block, not twice.
+    """
+    count = int(execute.sum())  # R
+    order = torch.argsort((~execute).to(torch.uint8), stable=True)  # B: executing images first
+    return order[:count], order[count:]
+
+
+def _rows_like(
+    like: torch.Tensor, batch: int, dtype: torch.dtype, channels_last: bool
+) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    shape = (batch, *like.shape[1:])
+    return torch.empty(shape, dtype=dtype, device=like.device, memory_format=fmt)
+
+
+class _SplitRows(torch.autograd.Function):
+    """``(x[run], x[rest])``; the backward writes both gradients into one fresh B-row tensor.
+
+    Autograd's own ``index_select`` backward zero-fills a B-row tensor per gather and adds the
+    two, three full passes over the activation where this makes one.
+    """
+
+    @staticmethod
+    def forward(ctx, x, run, rest):  # type: ignore[override]
+        ctx.save_for_backward(run, rest)
+        ctx.layout = (x.shape[0], x.dtype, _channels_last(x))
+        return take_rows(x, run), take_rows(x, rest)
+
+    @staticmethod
+    def backward(ctx, g_run, g_rest):  # type: ignore[override]
+        run, rest = ctx.saved_tensors
+        batch, dtype, channels_last = ctx.layout
+        like = g_run if g_run is not None else g_rest
+        grad = _rows_like(like, batch, dtype, channels_last)  # B x C x H x W
+        for index, g in ((run, g_run), (rest, g_rest)):
+            if g is None:
+                grad.index_fill_(0, index, 0.0)
+            elif index.numel():
+                put_rows(grad, index, g.to(dtype), inplace=True)
+        return grad, None, None
+
+
+class _MergeRows(torch.autograd.Function):
+    """The B-row tensor whose rows ``run`` are ``y`` and rows ``rest`` are ``s``.
+
+    Every row is written once (no zero-filled or cloned B-row tensor); the backward is two
+    gathers of the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, y, s, run, rest):  # type: ignore[override]
+        ctx.save_for_backward(run, rest)
+        ctx.dtypes = (y.dtype, s.dtype)
+        out = _rows_like(y, run.numel() + rest.numel(), y.dtype, _channels_last(y))
+        put_rows(out, run, y, inplace=True)
+        return put_rows(out, rest, s.to(y.dtype), inplace=True)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        run, rest = ctx.saved_tensors
+        y_dtype, s_dtype = ctx.dtypes
+        g_y = take_rows(grad, run).to(y_dtype) if ctx.needs_input_grad[0] else None
+        g_s = take_rows(grad, rest).to(s_dtype) if ctx.needs_input_grad[1] else None
+        return g_y, g_s, None, None
+
+
 # ---------------------------------------------------------------------------- block
 
 
@@ -127,15 +196,17 @@ class BasicBlock(nn.Module):
         The other images take the shortcut. Without autograd, the identity case writes the
         executed images into ``x`` in place: ``x`` must not be needed afterwards.
         """
-        run = execute.nonzero().squeeze(1)  # R executing images
-        if run.numel() == x.shape[0]:
+        run, rest = split_rows(execute)  # R executing images, B - R skipping ones
+        if rest.numel() == 0:
             return self(x)
         if run.numel() == 0:
             return self.shortcut(x)
+        if _needs_graph(x):  # one gradient pass per gather and scatter (see _SplitRows)
+            x_run, x_rest = _SplitRows.apply(x, run, rest)
+            return _MergeRows.apply(self(x_run), self.shortcut(x_rest), run, rest)
         y = self(take_rows(x, run))  # R x C' x H' x W'
         if not self.projects:
-            return put_rows(x, run, y, inplace=not _needs_graph(x, y))
-        rest = (~execute).nonzero().squeeze(1)  # B - R skipping images
+            return put_rows(x, run, y, inplace=not _needs_graph(y))
         s = self.shortcut(take_rows(x, rest))  # (B - R) x C' x H' x W'
         fmt = torch.channels_last if _channels_last(y) else torch.contiguous_format
         shape = (x.shape[0], *y.shape[1:])  # B x C' x H' x W'

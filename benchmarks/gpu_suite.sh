@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Run the speed benchmarks in one go and write their JSON to one folder (issue 13).
+#
+#   benchmarks/gpu_suite.sh [--device cpu|cuda] [--out DIR] [--quick]
+#
+# --device  cuda (default) or cpu.
+# --out     folder for the JSON, the logs and suite.json (default: results/suite-DEVICE).
+# --quick   small sizes, to check the script end to end in a few minutes on a CPU.
+#
+# Cases: skipping.py (ResNet-38/110; batch 1024 on cuda), env_throughput.py (native env up to
+# N = 4096 on cuda, synthetic images so no data is needed), hrl_step.py (before/after in one
+# run, synthetic images) and data.py (only where CIFAR-10 is found: $SKIPNET_DATA). On cuda the
+# full suite is sized to finish in under 10 minutes on one GPU. CPU runs use
+# OMP_NUM_THREADS (default 1) threads. suite.json lists each benchmark's command, exit status
+# and wall time; a failing benchmark is recorded and the suite goes on.
+set -u -o pipefail
+
+device=cuda
+out=""
+quick=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --device) device="$2"; shift 2 ;;
+        --out) out="$2"; shift 2 ;;
+        --quick) quick=1; shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "gpu_suite.sh: unknown argument '$1' (use --device cpu|cuda, --out DIR, --quick)" >&2
+           exit 2 ;;
+    esac
+done
+if [[ "$device" != "cpu" && "$device" != "cuda" ]]; then
+    echo "gpu_suite.sh: --device must be cpu or cuda, got '$device'" >&2
+    exit 2
+fi
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+out="${out:-results/suite-$device}"
+mkdir -p "$out"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+threads=()
+if [[ "$device" == "cpu" ]]; then
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+    threads=(--threads "$OMP_NUM_THREADS")
+fi
+py="${PYTHON:-python}"
+
+if [[ $quick == 1 ]]; then
+    skipping=(--depths 38 --batch-size 64 --repeats 3 --fractions 1.0 0.75 0.5 0.25)
+    env=(--native-envs 16 64 --sync-envs 8 --limit-batch 64 --repeats 2 --min-steps 256)
+    hrl=(--batch-size 32 --repeats 2)
+    data=(--repeats 2 --loader-batches 5 --train-steps 1 --warmup 1)
+elif [[ "$device" == "cuda" ]]; then
+    skipping=(--depths 38 110 --batch-size 1024 --repeats 11)
+    env=(--native-envs 256 1024 4096 --sync-envs 64 --limit-batch 4096 --repeats 5
+         --min-steps 65536)
+    hrl=(--batch-size 128 --repeats 11)
+    data=(--channels-last)
+else
+    skipping=(--depths 38 110 --batch-size 256 --repeats 11)
+    env=(--native-envs 64 256 --sync-envs 64 --limit-batch 256 --repeats 5)
+    hrl=(--batch-size 128 --repeats 11)
+    data=()
+fi
+amp=(--amp bf16)
+
+manifest="$out/suite.json.tmp"
+echo "[" > "$manifest"
+first=1
+run() {  # run NAME CMD...: log to $out/NAME.log, record status and wall time
+    local name="$1"; shift
+    local start end status
+    echo "== $name: $*"
+    start=$(date +%s.%N)
+    "$@" > "$out/$name.log" 2>&1
+    status=$?
+    end=$(date +%s.%N)
+    tail -n 25 "$out/$name.log"
+    [[ $first == 1 ]] || echo "," >> "$manifest"
+    first=0
+    "$py" -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "exit_status": int(sys.argv[2]), "wall_s": round(float(sys.argv[3]), 1), "command": sys.argv[4:]}))' \
+        "$name" "$status" "$(echo "$end - $start" | bc)" "$@" >> "$manifest"
+    [[ $status == 0 ]] || echo "!! $name failed with status $status (see $out/$name.log)"
+}
+
+suite_start=$(date +%s)
+run skipping "$py" benchmarks/skipping.py --device "$device" "${threads[@]}" "${skipping[@]}" \
+    --json "$out/skipping.json"
+run env_throughput "$py" benchmarks/env_throughput.py --device "$device" "${threads[@]}" \
+    --synthetic "${env[@]}" --json "$out/env_throughput.json"
+run hrl_step "$py" benchmarks/hrl_step.py --device "$device" "${threads[@]}" --synthetic \
+    "${amp[@]}" --baseline-impl "${hrl[@]}" --json "$out/hrl_step.json"
+if [[ -n "${SKIPNET_DATA:-}" && -d "${SKIPNET_DATA:-}" ]]; then
+    run data "$py" benchmarks/data.py --device "$device" "${data[@]}" --json "$out/data.json"
+else
+    echo "== data: skipped (no CIFAR-10: set SKIPNET_DATA to the image folder)"
+fi
+echo "]" >> "$manifest"
+mv "$manifest" "$out/suite.json"
+"$py" - "$out/suite.json" <<'PY'
+import json
+import sys
+
+for r in json.load(open(sys.argv[1])):
+    print(f"{r['name']:15s} status {r['exit_status']}  {r['wall_s']:7.1f} s")
+PY
+echo "suite: $(( $(date +%s) - suite_start )) s, JSON in $out"
