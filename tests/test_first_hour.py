@@ -131,6 +131,8 @@ def test_supervised_refuses_to_start_without_init(data_root: Path, tmp_path: Pat
                         str(tmp_path / "cli")], env=env, capture_output=True, text=True,
                        timeout=120)  # fmt: skip
     assert r.returncode != 0 and "--from-scratch" in r.stderr
+    with pytest.raises(ValueError, match=r"--sp PATH.*--pretrain.init"):
+        hybrid.main(hybrid.Args(out=tmp_path / "hrl", data_dir=str(data_root), progress=False))
 
 
 # ------------------------------------------------------------------ --max-steps

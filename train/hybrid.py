@@ -144,6 +144,12 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown --baseline {args.baseline!r}; choose one of {BASELINES}")
     if args.alpha < 0 or not 0 <= args.gamma <= 1:
         raise ValueError(f"need alpha >= 0 and 0 <= gamma <= 1, got {args.alpha}, {args.gamma}")
+    if args.sp is None and args.pretrain.init is None and not args.pretrain.from_scratch:
+        raise ValueError(
+            "train/hybrid.py needs an SP network: --sp PATH (the final.pt of "
+            "train/supervised.py), or SP run first into OUT/sp from --pretrain.init PATH (a "
+            "plain network from train/base.py) or with --pretrain.from-scratch"
+        )
     sp_path = args.sp if args.sp is not None else run_pretraining(args)
     dist = distributed.setup(args.device)
     device = dist.device
