@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from skipenv.models.gating import Gate
 from skipenv.models.resnet import SkipResNet
@@ -31,6 +32,8 @@ def evaluate_gated(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     autocast: Any = None,
+    progress: bool = False,
+    desc: str = "evaluating",
 ) -> dict[str, Any]:
     """Greedy gates, real skipping, eval mode; the plain network when ``gate`` is None.
 
@@ -39,6 +42,8 @@ def evaluate_gated(
         gate: the policy, or None for every block.
         batches: ``(x, y)`` pairs of normalised images and labels on the model's device.
         autocast: an optional context manager factory (e.g. ``lambda: torch.autocast(...)``).
+        progress: show a progress bar over the batches (tqdm, removed when done).
+        desc: the bar's label.
 
     Returns:
         ``accuracy``, ``loss``, ``flops_fraction``, ``flops_fraction_with_gate``,
@@ -55,7 +60,11 @@ def evaluate_gated(
     table = None
     try:
         with torch.inference_mode():
-            for x, y in batches:
+            total = len(batches) if isinstance(batches, Sized) else None
+            bar = tqdm(
+                batches, desc=desc, total=total, unit="batch", leave=False, disable=not progress
+            )
+            for x, y in bar:
                 started = time.perf_counter()
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     if gate is None:
