@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
 
 from agents.baselines import AlwaysExecute, FixedPattern, FlopsBudget, RandomSkip, stages
 from agents.gate_agent import GateAgent
@@ -188,7 +189,7 @@ def test_bad_spaces_and_observations(tiny_model: SkipResNet, gate: RNNGate) -> N
     with pytest.raises(ValueError, match="the gate was built for blocks"):
         GateAgent(RNNGate((16, 16, 32)), vector_space(tiny_model), channels)
     agent = GateAgent(gate, vector_space(tiny_model), channels)
-    with pytest.raises(ValueError, match=r"shape \(18,\) or \(N, 18\), got shape \(3, 17\)"):
+    with pytest.raises(ValueError, match=r"shape \(18,\) or \(B, 18\), got shape \(3, 17\)"):
         agent.act(np.zeros((3, 17), np.float32))
     terminal = np.zeros(18, np.float32)
     terminal[16] = 1.0
@@ -259,7 +260,14 @@ def test_agent_drives_vector_env_like_forward_gated(
 ) -> None:
     backbone, data, gate = env_setup
     n = len(data)
-    venv = SkipNetVectorEnv(n, backbone=backbone, data=data, device="cpu", obs_mode=obs_mode)
+    venv = SkipNetVectorEnv(
+        n,
+        backbone=backbone,
+        data=data,
+        device="cpu",
+        obs_mode=obs_mode,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
     ref = reference(venv.backbone, data, gate)
     agent = GateAgent(gate, venv.single_observation_space, venv.backbone.block_channels)
     agent.reset(num_envs=n)
