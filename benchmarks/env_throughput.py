@@ -285,13 +285,13 @@ def main() -> None:
         sync.close()
     if "native" not in args.skip:
         for n in args.native_envs:
-            native = SkipNetVectorEnv(n, **env_kwargs)
+            native = SkipNetVectorEnv(n, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs)
             eps = episodes_for(n, k, args.min_episodes, args.min_steps)
             add("native", n, bench_vector(native, k, eps, *common), eps)
             native.close()
     if "sb3" not in args.skip:
         n = max(args.native_envs)
-        venv = SB3VecEnv(SkipNetVectorEnv(n, **env_kwargs))
+        venv = SB3VecEnv(SkipNetVectorEnv(n, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs))
         eps = episodes_for(n, k, args.min_episodes, args.min_steps)
         add("sb3-native", n, bench_sb3(venv, k, eps, *common), eps)
         venv.close()

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 import tyro
+from gymnasium.vector import AutoresetMode
 
 from agents.baselines import AlwaysExecute, FixedPattern, RandomSkip
 from agents.gate_agent import GateAgent
@@ -191,7 +192,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     @functools.cache
     def make_env(num_envs: int, obs_mode: str = "vector") -> SkipNetVectorEnv:
-        return SkipNetVectorEnv(num_envs, config, obs_mode=obs_mode)
+        # every round is reset with its own images: no autoreset
+        return SkipNetVectorEnv(
+            num_envs, config, obs_mode=obs_mode, autoreset_mode=AutoresetMode.DISABLED
+        )
 
     env = make_env(len(batches[0]))
     space, channels = env.single_observation_space, backbone.block_channels

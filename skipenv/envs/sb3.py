@@ -111,7 +111,8 @@ class SB3VecEnv(VecEnv):
     Args:
         env: the vector env; ``env.metadata["autoreset_mode"]`` must be
             ``gymnasium.vector.AutoresetMode.SAME_STEP`` (e.g. ``SyncVectorEnv(fns,
-            autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv``).
+            autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv(n,
+            autoreset_mode=AutoresetMode.SAME_STEP)``; :func:`make_sb3_vec_env` does this).
 
     Raises:
         TypeError: ``env`` is not a Gymnasium vector env.
@@ -385,6 +386,10 @@ def make_sb3_vec_env(num_envs: int, **env_kwargs: Any) -> SB3VecEnv:
             or ``pretrained=False``, ``split``, ``device``, ``reward``, ``obs_mode``, ...).
     """
     env = gym.make_vec(
-        ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
+        ENV_ID,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=AutoresetMode.SAME_STEP,  # SB3's semantics
+        **env_kwargs,
     )
     return SB3VecEnv(env)
