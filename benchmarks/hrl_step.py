@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import random
 import statistics
 import time
@@ -34,6 +33,7 @@ from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.utils import write_json
 
 
 def main() -> None:
@@ -168,8 +168,7 @@ def main() -> None:
     )
     print(f"SP step (masked)   {1000 * result['sp_step_s']:8.1f} ms   {ratios['sp']:.3f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

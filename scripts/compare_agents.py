@@ -29,7 +29,6 @@ forward: True`` when decisions and predictions match exactly (``gate_check`` in 
 from __future__ import annotations
 
 import functools
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.utils import write_json
 
 GATE_AGENT = "GateAgent"
 
@@ -273,8 +273,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "gate_agent_error": gate_error,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     if args.plot is not None:
         name = Path(args.checkpoint).name
         plot(rows, args.plot, f"{name}: ResNet-{backbone.depth} on {args.split} ({n} images)")

@@ -19,7 +19,6 @@ For a shipped model on ``val`` the four numbers are also checked against its reg
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from skipenv.data.splits import load_cifar10
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
+from skipenv.utils import write_json
 
 
 @dataclass
@@ -105,8 +105,7 @@ def main(args: Args) -> dict:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"
         print(f"model card (skipenv/models/weights/registry.json) numbers: {verdict}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return results
 
 

@@ -319,10 +319,11 @@ def registry_entry(
     """A registry entry for exported weights ``path`` (metrics null: fill them in from
     ``train/evaluate.py --checkpoint NAME --split val``, and write a description)."""
     from skipenv.models.checkpoint import checkpoint_arch, load_checkpoint
+    from skipenv.utils import check_payload
 
     payload = load_checkpoint(path)
     arch = checkpoint_arch(payload)
-    return {
+    entry = {
         "name": payload.get("name", Path(path).stem),
         "file": Path(path).name,
         "kind": payload["kind"],
@@ -335,6 +336,8 @@ def registry_entry(
         "block_fraction": None,
         "description": "",
     }
+    check_payload(entry, "json", f"the registry entry of {path}")
+    return _check_entry(entry, 0, "(the entry printed for registry.json)")  # as the reader does
 
 
 # ---------------------------------------------------------------------------- command line
