@@ -468,3 +468,77 @@ def test_make_keyword_works_or_names_the_alternative(how, kwargs, match):
     with pytest.raises(Exception, match=match) as info:
         make()
     assert isinstance(info.value, (TypeError, ValueError, gym.error.Error, ImportError))
+
+
+# ---------------------------------------------------------------------------- case 4: SB3 indices
+
+
+def _sb3(backend: str) -> SB3VecEnv:
+    """An SB3 adapter over B = 3 SkipNet envs of ``backend`` (sync, async or native)."""
+    if backend == "native":
+        return make_sb3_vec_env(3, **tiny())
+    cls = SyncVectorEnv if backend == "sync" else gym.vector.AsyncVectorEnv
+    return SB3VecEnv(cls([lambda: gym.make(ENV_ID, **tiny())] * 3, autoreset_mode="SameStep"))
+
+
+def _next_blocks(venv: SB3VecEnv) -> list[int]:
+    return [int(info["next_block"]) for info in venv.step(np.ones(3, dtype=np.int64))[3]]
+
+
+@pytest.mark.parametrize("backend", ["sync", "async", "native"])
+@pytest.mark.parametrize(
+    "method", ["get_attr", "set_attr", "env_method", "action_masks", "env_is_wrapped"]
+)
+def test_sb3_adapter_indices_act_on_exactly_those_envs(backend, method):
+    """Every adapter method that takes ``indices`` acts on exactly those envs (here env 1 of
+    0..2), or refuses with a ValueError that says to pass indices=None."""
+    venv = _sb3(backend)
+    venv.reset()
+    try:
+        if method == "get_attr":
+            got = venv.get_attr("num_decisions", indices=[1])
+            assert got == [K]
+        elif method == "set_attr":
+            try:
+                venv.set_attr("alpha_note", 7, indices=[1])
+            except ValueError as err:
+                assert backend != "sync" and "indices=None" in str(err)
+            else:
+                assert venv.get_attr("alpha_note", indices=[1]) == [7]
+                if backend == "sync":
+                    with pytest.raises(AttributeError):
+                        venv.get_attr("alpha_note", indices=[0])
+        elif method == "env_method":
+            _next_blocks(venv)  # every env at block 2 (K = 2: the episodes end)
+            venv.reset()
+            venv.step(np.zeros(3, dtype=np.int64))  # all at block 2
+            try:
+                venv.env_method("reset", indices=[1])
+            except ValueError as err:  # the issue's case: reset all, or refuse
+                assert backend != "sync" and "indices=None" in str(err)
+                assert venv.get_attr("num_envs" if backend == "native" else "num_blocks")
+            else:
+                blocks = [env.unwrapped.episodes.next_block for env in venv.venv.unwrapped.envs]
+                assert blocks == [2, 1, 2]  # env 1 alone was reset
+        elif method == "action_masks":
+            masks = venv.env_method("action_masks", indices=[1, 2])
+            assert np.asarray(masks).shape == (2, 2)
+        elif backend == "async":  # in other processes: not guessed
+            with pytest.raises(ValueError, match="VecMonitor"):
+                venv.env_is_wrapped(gym.Wrapper, indices=[2])
+        else:  # gym.make wraps each single env; the batched env has no single-env wrappers
+            assert venv.env_is_wrapped(gym.Wrapper, indices=[2]) == [backend == "sync"]
+            assert venv.env_is_wrapped(gym.wrappers.TimeLimit, indices=[2]) == [False]
+        with pytest.raises(ValueError, match=r"out of range.*0\.\.2"):
+            getattr(venv, method if method != "action_masks" else "env_method")(
+                *{
+                    "get_attr": ("num_decisions",),
+                    "set_attr": ("x", 1),
+                    "env_method": ("reset",),
+                    "action_masks": ("action_masks",),
+                    "env_is_wrapped": (gym.Wrapper,),
+                }[method],
+                indices=[3],
+            )
+    finally:
+        venv.close()
