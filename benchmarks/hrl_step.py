@@ -32,13 +32,17 @@ from agents.reinforce import hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
 from skipenv.utils import write_json
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="an sp or hrl checkpoint")
+    parser.add_argument(
+        "--checkpoint", required=True, help="an sp or hrl checkpoint: a path or a shipped name"
+    )
     parser.add_argument("--alpha", type=float, default=3.0, help="HRL compute reward")
     parser.add_argument("--explore", type=float, default=0.2, help="as train/hybrid.py")
     parser.add_argument(
@@ -53,6 +57,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        parser.error(str(err))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,7 +68,7 @@ def main() -> None:
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last
-    skipnet = load_skipnet(args.checkpoint, map_location=device).to(memory_format=fmt)
+    skipnet = load_skipnet(checkpoint, map_location=device).to(memory_format=fmt)
     plain = copy.deepcopy(skipnet.backbone)  # same weights, every block run
     masked = copy.deepcopy(skipnet)
     loader = BatchLoader(

@@ -28,6 +28,7 @@ import tyro
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
@@ -110,4 +111,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"evaluate.py: error: {err}") from None

@@ -43,6 +43,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from agents.reinforce import BASELINES, hrl_step_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
+from skipenv.models.checkpoint import CheckpointError
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
@@ -59,8 +61,9 @@ supervised = import_script(Path(__file__).with_name("supervised.py"))
 class Args(RunArgs):
     out: Path = Path("runs/hrl")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl (and sp/ when SP runs first)"""
-    sp: Path | None = None
-    """SP checkpoint to start from; None runs SP first (with --pretrain.*) into OUT/sp"""
+    sp: str | None = None
+    """SP checkpoint to start from: a path or a shipped model's name (e.g. skipnet38-sp); None
+    runs SP first (with --pretrain.*) into OUT/sp"""
     alpha: float = 3.0
     """compute reward: alpha / K per skipped block; larger skips more (the paper's 0.1, 0.01,
     0.001 go with its 10k-step recipe; for this one see results/skipnet38-cpu/README.md)"""
@@ -131,7 +134,8 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown --baseline {args.baseline!r}; choose one of {BASELINES}")
     if args.alpha < 0 or not 0 <= args.gamma <= 1:
         raise ValueError(f"need alpha >= 0 and 0 <= gamma <= 1, got {args.alpha}, {args.gamma}")
-    sp_path = args.sp if args.sp is not None else run_pretraining(args)
+    # a name or a path, resolved before anything is made (no run folder on a bad --sp)
+    sp_path = resolve_checkpoint(args.sp) if args.sp is not None else run_pretraining(args)
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)
@@ -224,4 +228,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"hybrid.py: error: {err}") from None

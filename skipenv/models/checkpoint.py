@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from skipenv.models import BACKBONE_KINDS
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import DEPTHS, SkipResNet, build_resnet
 from skipenv.utils import atomic_write, check_payload
 
@@ -103,7 +104,8 @@ def load_checkpoint(
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Args:
-        path: the file.
+        path: the file, or the name of a shipped pretrained model
+            (:func:`skipenv.models.pretrained.resolve_checkpoint`).
         kinds: accepted values of its ``kind``; None accepts any.
         map_location: where tensors are loaded.
 
@@ -112,9 +114,7 @@ def load_checkpoint(
             is truncated or not a torch file, not one of ours, or of another kind; the
             message says which.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+    path = resolve_checkpoint(path)  # raises CheckpointError when neither
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
@@ -148,7 +148,8 @@ def load_backbone(
     """Build the backbone a checkpoint describes and load its weights (the gate is not loaded).
 
     Args:
-        source: a checkpoint path, or a payload already read by :func:`load_checkpoint`.
+        source: a checkpoint path or shipped model's name, or a payload already read by
+            :func:`load_checkpoint`.
         depth: when given, the depth the caller expects; another depth is an error.
         dataset: the data set the caller will feed it; a backbone trained on another is an error.
         map_location: where tensors are loaded.

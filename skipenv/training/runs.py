@@ -26,7 +26,9 @@ from skipenv.utils import atomic_write, check_payload
 class RunDir:
     """The files of one run in ``out``; ``resume`` says whether ``last.pt`` must exist.
 
-    Only the main process of a distributed run writes (``writer=False`` on the others).
+    Only the main process of a distributed run writes (``writer=False`` on the others). The
+    folder is created by the first write (a metrics line or a checkpoint), so a run that fails
+    while starting (a bad argument, missing data) leaves no empty folder behind.
     """
 
     def __init__(self, out: Path, resume: bool, writer: bool = True) -> None:
@@ -37,8 +39,7 @@ class RunDir:
             raise FileExistsError(
                 f"{self.last} exists: pass --resume to continue it, or a new --out"
             )
-        if writer:
-            self.out.mkdir(parents=True, exist_ok=True)
+        # the folder is made by the first write, so a run that fails before leaves none
         self._last_save = time.monotonic()
 
     def load_last(self, kinds: tuple[str, ...], map_location: Any) -> dict[str, Any]:
