@@ -5,8 +5,9 @@
         --sb3 runs/ppo/model.zip --sb3-algo ppo --json compare.json --plot compare.png
 
 The checkpoint (base, sp or hrl; a path or a shipped name) is the environment's backbone.
-Every agent routes the same images, each exactly once: the first ``--limit`` images of
-``--split`` (default all), reset in batches of ``--num-envs`` into the natively batched vector
+Every agent routes the same images, each exactly once: all of ``--split``, or with ``--limit``
+a stratified sample of it (each class in its share, picked with ``--seed``; printed and in the
+JSON's ``subset``), reset in batches of ``--num-envs`` into the natively batched vector
 env with ``options={"indices": ...}`` (one batch = one round of K steps;
 :func:`agents.protocol.evaluate_agent`). Agents:
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import tyro
 from gymnasium.vector import AutoresetMode
 
@@ -52,7 +54,7 @@ from agents.protocol import (
 )
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.sources import DataError
-from skipenv.data.splits import load_cifar10
+from skipenv.data.splits import load_cifar10, per_class, stratified_subset
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
@@ -76,7 +78,8 @@ class Args:
     num_envs: int = 500
     """B: images routed together in one round of K steps"""
     limit: int | None = None
-    """use the first LIMIT images of the split only (default: all)"""
+    """route LIMIT images only (default: all): a stratified sample of the split, the same
+    share of every class, picked with --seed (skipenv.data.splits.stratified_subset)"""
     seed: int = 0
     """seeds RandomSkip and the env"""
     alpha: float = 0.1
@@ -185,8 +188,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail(str(err))
 
     # the images, in batches of B; one vector env per (obs_mode, B)
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    indices = np.arange(n, dtype=np.int64)
+    if args.limit is None or args.limit >= len(data):
+        indices = np.arange(len(data), dtype=np.int64)  # M
+    else:  # never the first LIMIT: a split is ordered by class
+        indices = stratified_subset(data.labels, args.limit, seed=args.seed).numpy()  # M'
+    n = len(indices)
+    counts = per_class(data.labels[torch.from_numpy(indices)], len(data.classes))
+    subset = {
+        "images": n,
+        "of": len(data),
+        "stratified": n < len(data),
+        "seed": args.seed if n < len(data) else None,
+        "per_class": dict(zip(data.classes, counts, strict=True)),
+    }
     batches = [indices[i : i + args.num_envs] for i in range(0, n, args.num_envs)]
     config = EnvConfig(backbone=backbone, data=data, device=device, alpha=args.alpha)
 
@@ -204,6 +218,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"blocks, K = {env.num_decisions}) on {args.split}: {n} images in {len(batches)} "
         f"batches of <= {args.num_envs}, device {device}"
     )
+    if subset["stratified"]:
+        print(
+            f"a stratified sample of {n} of the {len(data)} {args.split} images (seed "
+            f"{args.seed}), per class: "
+            + ", ".join(f"{c} {k}" for c, k in subset["per_class"].items())
+        )
 
     # the agents: name, agent, observation mode
     agents: list[tuple[str, Agent, str]] = []
@@ -264,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "depth": backbone.depth,
         "split": args.split,
         "num_images": n,
+        "subset": subset,
         "num_envs": args.num_envs,
         "alpha": args.alpha,
         "device": str(device),
