@@ -11,8 +11,9 @@ Two measures of computation are reported, as the method asks:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 
 from skipenv.gating import Gate
 from skipenv.resnet import SkipResNet
+from skipenv.routing import routing_stats, static_control
 
 
 def evaluate_gated(
@@ -28,6 +30,7 @@ def evaluate_gated(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     autocast: Any = None,
+    routing: bool = True,
 ) -> dict[str, Any]:
     """Greedy gates, real skipping, eval mode; the plain network when ``gate`` is None.
 
@@ -36,10 +39,14 @@ def evaluate_gated(
         gate: the policy, or None for every block.
         batches: ``(x, y)`` pairs of normalised images and labels on the model's device.
         autocast: an optional context manager factory (e.g. ``lambda: torch.autocast(...)``).
+        routing: also report ``routing``, the diagnostics of :mod:`skipenv.routing` (blocks
+            run per image, distinct routes, dynamic blocks, ...) with the static control (the
+            most common route for every image; ``batches`` is then iterated a second time,
+            running only the images that took another route).
 
     Returns:
         ``accuracy``, ``loss``, ``flops_fraction``, ``block_fraction``, ``skip_rates`` (per
-        block, block 0 first), ``images_per_s``, ``num_images``.
+        block, block 0 first), ``images_per_s``, ``num_images`` (and ``routing``, a dict).
     """
     modules = [backbone] + ([gate] if gate is not None else [])
     was_training = [m.training for m in modules]
@@ -49,6 +56,7 @@ def evaluate_gated(
     macs = 0
     executed_sum: torch.Tensor | None = None
     table = None
+    masks, hits, labels = [], [], []  # per batch: B x N executed, B correct, B labels
     try:
         with torch.inference_mode():
             for x, y in batches:
@@ -71,6 +79,10 @@ def evaluate_gated(
                 seconds += time.perf_counter() - started
                 loss += float(F.cross_entropy(logits.float(), y, reduction="sum"))
                 correct += int((logits.argmax(dim=1) == y).sum())
+                if routing:
+                    masks.append(executed.cpu())
+                    hits.append((logits.argmax(dim=1) == y).cpu())
+                    labels.append(y.cpu())
                 n += y.numel()
                 macs += batch_macs
                 counts = executed.sum(dim=0).cpu()  # N
@@ -81,6 +93,17 @@ def evaluate_gated(
     if n == 0 or executed_sum is None or table is None:
         raise ValueError("no images to evaluate: the batches were empty")
     run_rates = executed_sum.double() / n  # N
+    extra: dict[str, Any] = {}
+    if routing:  # issue 12: is the routing per image, and does it beat its own static route?
+        stats = routing_stats(torch.cat(masks), accuracy=correct / n)
+        static = (
+            None  # a one-shot iterator cannot be run through twice
+            if isinstance(batches, Iterator)
+            else static_control(
+                backbone, batches, masks, hits, labels, stats.route, autocast=autocast
+            )
+        )
+        extra["routing"] = dataclasses.replace(stats, static_accuracy=static).to_dict()
     return {
         "accuracy": correct / n,
         "loss": loss / n,
@@ -89,4 +112,5 @@ def evaluate_gated(
         "skip_rates": [round(1.0 - float(r), 6) for r in run_rates],
         "images_per_s": n / seconds if seconds > 0 else float("nan"),
         "num_images": n,
+        **extra,
     }

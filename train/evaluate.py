@@ -31,6 +31,7 @@ from skipenv.data import load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
 from skipenv.pretrained import list_pretrained, pretrained_info
+from skipenv.routing import RoutingStats
 
 
 @dataclass
@@ -97,6 +98,8 @@ def main(args: Args) -> dict:
         f"{results['images_per_s']:.0f} images/s"
     )
     print("skip rate per block:", " ".join(f"{r:.2f}" for r in results["skip_rates"]))
+    routing = results["routing"]  # issue 12: per-image routing diagnostics
+    print(f"routing: {RoutingStats.from_dict(routing).summary()}; top {routing['top_route']}")
     results["card_match"] = card_match(str(args.checkpoint), args.split, results)
     if results["card_match"] is not None:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from skipenv import distributed
 from skipenv.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
+from skipenv.routing import metrics_lines
 from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
 
 
@@ -257,7 +257,7 @@ def main(args: Args) -> dict:
                 distributed.barrier(dist)
                 run.log(metrics)
                 if dist.is_main:
-                    bar.write(json.dumps({k: v for k, v in metrics.items() if "rates" not in k}))
+                    bar.write(metrics_lines(metrics, args.eval_split))  # routing: issue 12
                 checkpoint(metrics)
                 net.train()
                 if args.freeze_bn:

@@ -20,7 +20,6 @@ backbone at a low rate and the fresh gate at a higher one; without ``--init`` ra
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from skipenv.checkpoint import CheckpointError, checkpoint_arch, load_backbone
 from skipenv.devices import autocast, tune_cpu_allocator
 from skipenv.evaluation import evaluate_gated
 from skipenv.resnet import build_resnet
+from skipenv.routing import metrics_lines
 from skipenv.runs import RunArgs, RunDir, cifar_loaders, config_dict, rng_state, set_rng_state
 
 
@@ -193,7 +193,7 @@ def main(args: Args) -> dict:
             distributed.barrier(dist)
             run.log(metrics)
             if dist.is_main:
-                bar.write(json.dumps({k: v for k, v in metrics.items() if "skip_rates" not in k}))
+                bar.write(metrics_lines(metrics, args.eval_split))  # routing: issue 12
             checkpoint(metrics)
     bar.close()
     if step == total_steps:
