@@ -87,8 +87,9 @@ def load_checkpoint(
     return payload
 
 
-#: Kinds whose ``model`` is a backbone that an environment can route images through.
-BACKBONE_KINDS = ("base", "sp", "hrl")
+#: Kinds whose ``model`` is a backbone that an environment can route images through
+#: (``static``: a backbone fine-tuned for one fixed route, kept in ``route``; issue 12).
+BACKBONE_KINDS = ("base", "sp", "hrl", "static")
 
 
 def checkpoint_arch(payload: dict[str, Any]) -> dict[str, Any]:

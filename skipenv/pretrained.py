@@ -47,7 +47,7 @@ REGISTRY = "registry.json"
 
 #: Kinds a shipped model may have: :data:`skipenv.checkpoint.BACKBONE_KINDS`, repeated here so
 #: that importing this module does not import torch.
-KINDS: tuple[str, ...] = ("base", "sp", "hrl")
+KINDS: tuple[str, ...] = ("base", "sp", "hrl", "static")
 
 #: Fields of a registry entry, in the order the CLI shows them.
 FIELDS: tuple[str, ...] = (
@@ -72,6 +72,7 @@ EXPORT_KEYS: tuple[str, ...] = (
     "config",
     "model",
     "gate",
+    "route",  # kind static (issue 12)
     "metrics",
     "step",
     "epoch",
@@ -298,7 +299,7 @@ def export_weights(
             f"got {name!r}"
         )
     payload = load_checkpoint(checkpoint_path, kinds=BACKBONE_KINDS)
-    if payload["kind"] != "base" and "gate" not in payload:
+    if payload["kind"] != "base" and "gate" not in payload and "route" not in payload:
         raise _error(
             f"{checkpoint_path} holds a {payload['kind']!r} checkpoint without its gate; export "
             "the final.pt of train/supervised.py or train/hybrid.py"
