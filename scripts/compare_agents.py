@@ -32,6 +32,7 @@ stores the check in the JSON under ``gate_check``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import math
@@ -56,6 +57,7 @@ from skipenv.data import SPLITS, CifarSplit, DataError, load_cifar10
 from skipenv.devices import resolve_device, tune_cpu_allocator
 from skipenv.gating import Gate
 from skipenv.resnet import SkipResNet
+from skipenv.routing import format_routing_table, routing_stats, static_route_correct
 from skipenv.vector_env import SkipNetVectorEnv
 
 #: --sb3-algo -> (module, class).
@@ -269,6 +271,28 @@ def batched_forward_check(
             np.concatenate(macs).astype(np.float64).mean() / episodes.full_macs
         ),
     }
+
+
+def add_routing(runs: dict[str, Run], env: SkipNetVectorEnv, batches: Sequence[np.ndarray]) -> None:
+    """Give every row ``routing`` (:mod:`skipenv.routing`); the gate agent's also holds its
+    static control: its most common route run on every image with the same backbone."""
+    episodes = env.episodes
+    for name, run in runs.items():
+        stats = routing_stats(torch.from_numpy(run.executed), accuracy=run.row["accuracy"])
+        if name == GATE_AGENT:
+            images = (
+                (
+                    normalize(
+                        episodes.images.index_select(0, torch.from_numpy(i).to(episodes.device)),
+                        memory_format=episodes.memory_format,
+                    ),  # B x 3 x H x W
+                    torch.from_numpy(episodes.labels_np[i]).to(episodes.device),  # B
+                )
+                for i in batches
+            )
+            correct = static_route_correct(episodes.backbone, stats.route, images)  # images
+            stats = dataclasses.replace(stats, static_accuracy=int(correct.sum()) / len(correct))
+        run.row["routing"] = stats.to_dict()
 
 
 # ---------------------------------------------------------------------------- output
@@ -501,8 +525,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if GATE_AGENT in runs and gate is not None:
         gate_check = batched_forward_check(runs[GATE_AGENT], env, gate, batches)
 
+    add_routing(runs, env, batches)  # issue 12: per-image routing diagnostics
     rows = sorted((r.row for r in runs.values()), key=lambda r: r["flops_fraction"])
     print(format_table(rows))
+    print(format_routing_table([(r["agent"], r["routing"]) for r in rows]))
     if gate_check is not None:
         print(f"gate agent == batched forward: {gate_check['equal']}")
         if not gate_check["equal"]:
