@@ -10,7 +10,11 @@
 Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Reported:
 ``accuracy`` (top-1), ``flops_fraction`` (MACs run, gates and shortcuts included, over the
 full plain network's), ``block_fraction`` (the paper's computation percentage: executed blocks
-over all blocks), per-block ``skip_rates``, and ``images_per_s`` (forward passes only).
+over all blocks), per-block ``skip_rates``, ``images_per_s`` (forward passes only), and
+``routing`` (skipenv/routing.py, issue 12): blocks run per image (mean, std, histogram),
+distinct routes, the most common route and its share, dynamic blocks, and the static control
+(the same weights with the most common route for every image). A ``static`` checkpoint
+(train/static.py) is evaluated with its one route.
 
 For a shipped model on ``val`` the three numbers are also checked against its registry entry
 (the model card's numbers), to 4 decimals: ``card_match`` in the results.
@@ -37,7 +41,7 @@ from skipenv.routing import RoutingStats
 @dataclass
 class Args:
     checkpoint: str
-    """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py, or the name
+    """a checkpoint written by train/base.py, supervised.py, hybrid.py or static.py, or the name
     of a shipped pretrained model (python -m skipenv.pretrained list)"""
     split: str = "val"
     """split to evaluate: val (the 5,000 held out of train), test, train or train-full"""
