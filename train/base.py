@@ -143,7 +143,7 @@ def main(args: Args) -> dict[str, float]:
         train_loader=train_loader,
         total_steps=total_steps,
         step=step,
-        evaluate=lambda: evaluate_gated(model, None, eval_loader),
+        evaluate=lambda: evaluate_gated(model, None, eval_loader, routing=False),  # 1 route
         state=state,
         restore=restore,
         train_mode=net.train,

@@ -74,6 +74,7 @@ EXPORT_KEYS: tuple[str, ...] = (
     "config",
     "model",
     "gate",
+    "route",  # kind static (issue 12)
     "metrics",
     "step",
     "epoch",
@@ -264,8 +265,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         return path
     raise _error(
         f"no checkpoint at {path}: {str(name_or_path)!r} is neither a checkpoint file nor a "
-        f"shipped pretrained model ({_shipped_phrase()}). Pass the path of a base, sp or hrl "
-        "checkpoint (e.g. runs/base38/final.pt) or one of skipenv.list_pretrained()"
+        f"shipped pretrained model ({_shipped_phrase()}). Pass the path of a base, sp, hrl or "
+        "static checkpoint (e.g. runs/base38/final.pt) or one of skipenv.list_pretrained()"
     )
 
 
@@ -275,7 +276,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
 def export_weights(
     checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, name: str
 ) -> Path:
-    """Write a weights-only copy of a trained base, sp or hrl checkpoint to ``out_path``.
+    """Write a weights-only copy of a trained base, sp, hrl or static checkpoint to ``out_path``.
 
     Keeps :data:`EXPORT_KEYS` (kind, arch, config, backbone ``model``, ``gate`` when present,
     metrics, step, epoch, wall_s) and records ``name``; drops optimizer, scheduler and RNG
@@ -301,10 +302,11 @@ def export_weights(
             f"got {name!r}"
         )
     payload = load_checkpoint(checkpoint_path, kinds=BACKBONE_KINDS)
-    if payload["kind"] != "base" and "gate" not in payload:
+    needed = "route" if payload["kind"] == "static" else "gate"  # static: issue 12
+    if payload["kind"] != "base" and needed not in payload:
         raise _error(
-            f"{checkpoint_path} holds a {payload['kind']!r} checkpoint without its gate; export "
-            "the final.pt of train/supervised.py or train/hybrid.py"
+            f"{checkpoint_path} holds a {payload['kind']!r} checkpoint without its {needed}; "
+            "export the final.pt of train/supervised.py, train/hybrid.py or train/static.py"
         )
     weights = {key: payload[key] for key in EXPORT_KEYS if key in payload}
     weights["arch"] = checkpoint_arch(payload)
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a weights-only copy of a checkpoint (no optimizer/RNG state)"
     )
-    export.add_argument("checkpoint", type=Path, help="a base, sp or hrl checkpoint")
+    export.add_argument("checkpoint", type=Path, help="a base, sp, hrl or static checkpoint")
     export.add_argument(
         "out", type=Path, help="the .pt file to write, e.g. skipenv/models/weights/X.pt"
     )

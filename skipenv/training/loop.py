@@ -12,7 +12,9 @@ all of them:
    (:meth:`~skipenv.data.loader.BatchLoader.set_epoch`, skipping those already trained on),
    keep this process's rows (:func:`skipenv.training.distributed.shard`), call ``step``.
 3. Every ``eval_every`` steps (default: each epoch's end) and at the end: evaluate on the
-   main process, log one line to ``metrics.jsonl``, wait for every process, write ``last.pt``;
+   main process, log one line to ``metrics.jsonl`` (the console gets it without per-block
+   lists, and the routing summary when ``evaluate`` gives ``routing``), wait for every
+   process, write ``last.pt``;
    between evaluations ``last.pt`` is also written every ``checkpoint_minutes``.
 4. When all ``total_steps`` are done: ``final.pt``.
 
@@ -25,7 +27,6 @@ numbers, so a resumed run continues bit-identically.
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from tqdm.auto import tqdm
 from skipenv.data.loader import BatchLoader
 from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.training import distributed
+from skipenv.training.routing import metrics_lines
 from skipenv.training.runs import RunArgs, RunDir, rng_state, set_rng_state
 
 
@@ -82,7 +84,8 @@ def train(
             ``eval_split``, ``progress``).
         run: the run folder.
         dist: the process group (:func:`skipenv.training.distributed.setup`).
-        kind: the checkpoint kind written and accepted on resume (``base``, ``sp``, ``hrl``).
+        kind: the checkpoint kind written and accepted on resume (``base``, ``sp``, ``hrl``,
+            ``static``).
         arch: what the checkpoint's ``arch`` must equal on resume.
         config: the run's arguments as JSON types, stored in every checkpoint.
         train_loader: shuffled, augmented batches; ``len`` is the steps per epoch.
@@ -166,7 +169,7 @@ def train(
                 distributed.barrier(dist)
                 run.log(metrics)
                 if dist.is_main:
-                    bar.write(json.dumps({k: v for k, v in metrics.items() if "rates" not in k}))
+                    bar.write(metrics_lines(metrics, args.eval_split))  # routing: issue 12
                 checkpoint()
                 train_mode()
             elif run.due(args.checkpoint_minutes):
