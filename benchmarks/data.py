@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 
 
 def sync(device: torch.device) -> None:
@@ -76,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         "--channels-last", action="store_true", help="channels_last batches and model"
     )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: all cores; lower it when another job shares the machine)",
+    )
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     on_gpu = device.type == "cuda"

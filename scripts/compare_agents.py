@@ -19,11 +19,12 @@ vector env with ``options={"indices": ...}`` (one batch = one round of K steps;
 
 Per agent: top-1 ``accuracy``; ``flops_fraction`` (backbone MACs per image over the full
 network's, from the env's final info; no gate MACs); ``block_fraction`` (executed blocks over
-all blocks); ``return`` (mean episode return of the paper reward with ``--alpha``);
-``steps_per_s`` (environment steps per second, agent and environment together); ``routing``
-(:mod:`skipenv.training.routing`: blocks run per image, distinct routes, top route and its
-share, dynamic blocks), for the gate agent with its static control (its most common route run
-on every image, same backbone), printed as a second table.
+all blocks); ``return`` (mean episode return of the paper reward with ``--alpha``, by
+default the checkpoint's own training alpha: an hrl checkpoint's ``config["alpha"]``, else
+0.1); ``steps_per_s`` (environment steps per second, agent and environment together);
+``routing`` (:mod:`skipenv.training.routing`: blocks run per image, distinct routes, top route
+and its share, dynamic blocks), for the gate agent with its static control (its most common
+route run on every image, same backbone), printed as a second table.
 
 The gate also runs inside the network (``forward_gated``,
 :func:`agents.protocol.check_gate_agent`) on the same images: ``gate agent == batched
@@ -62,8 +63,10 @@ from skipenv.data.splits import load_cifar10
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.models.pretrained import list_pretrained, pretrained_info
+from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.routing import format_routing_table, routing_stats, static_route_correct
+from skipenv.training.summary import images, print_summary
 
 GATE_AGENT = "GateAgent"
 
@@ -85,8 +88,9 @@ class Args:
     """use the first LIMIT images of the split only (default: all)"""
     seed: int = 0
     """seeds RandomSkip and the env"""
-    alpha: float = 0.1
-    """alpha of the paper reward, for the return"""
+    alpha: float | None = None
+    """alpha of the paper reward, for the return (default: the checkpoint's own training alpha
+    for an hrl checkpoint, else 0.1)"""
     random_p: tuple[float, ...] = (0.9, 0.75, 0.5)
     """p_execute of each RandomSkip agent (none: no RandomSkip)"""
     skip_last: tuple[int, ...] = (1, 2)
@@ -98,9 +102,12 @@ class Args:
     json: Path | None = None
     """write the results to this file"""
     plot: Path | None = None
-    """save an accuracy-vs-FLOPs scatter plot here (needs matplotlib)"""
+    """save an accuracy-vs-FLOPs plot here (needs matplotlib): the agents, their Pareto front,
+    and the shipped models' registry numbers as reference points (val split only)"""
     progress: bool = True
     """progress bars (tqdm, on stderr)"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
 
     def check(self) -> None:
         """Raise ValueError naming every bad value."""
@@ -116,6 +123,12 @@ class Args:
             raise ValueError(
                 f"--sb3-algo must be one of {sorted(SB3_ALGOS)}, got {self.sb3_algo!r}"
             )
+
+
+def checkpoint_alpha(payload: dict[str, Any], default: float = 0.1) -> float:
+    """The alpha an hrl checkpoint was trained with (``config["alpha"]``), else ``default``."""
+    alpha = payload.get("config", {}).get("alpha") if payload.get("kind") == "hrl" else None
+    return float(alpha) if isinstance(alpha, (int, float)) else default
 
 
 def fail(message: str) -> None:
@@ -171,26 +184,76 @@ def require_matplotlib() -> None:
         ) from err
 
 
-def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """Accuracy against FLOPs, one labelled point per agent."""
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats (fewer or equal FLOPs and higher or equal accuracy,
+    one strictly), sorted by FLOPs: ``(flops, accuracy)`` pairs."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(set(points), key=lambda p: (p[0], -p[1])):
+        if not front or y > front[-1][1]:
+            front.append((x, y))
+    return front
+
+
+def reference_points(split: str, depth: int) -> list[dict[str, Any]]:
+    """The shipped models of ``depth`` with their registry (model card) val numbers: reference
+    points for a plot on ``val`` (other splits: none, the numbers would not compare)."""
+    if split != "val":
+        return []
+    points = []
+    for name in list_pretrained():
+        info = pretrained_info(name)
+        if info["depth"] == depth and info["val_accuracy"] is not None:
+            points.append(
+                {
+                    "name": name,
+                    "kind": info["kind"],
+                    "accuracy": info["val_accuracy"],
+                    "flops_fraction": info["flops_fraction"],
+                }
+            )
+    return points
+
+
+def plot(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    title: str,
+    references: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Accuracy against FLOPs: one marker per agent (named in the legend), the agents' Pareto
+    front, and the shipped models (``references``, registry numbers) in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for r in rows:
+    fig, ax = plt.subplots(figsize=(8, 5))
+    markers = "osD^v<>phX"
+    for i, r in enumerate(rows):
         x, y = 100 * r["flops_fraction"], 100 * r["accuracy"]
-        ax.scatter([x], [y], s=36, marker="*" if r["agent"] == GATE_AGENT else "o")
-        ax.annotate(r["agent"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        style = {"marker": "*", "s": 160} if r["agent"] == GATE_AGENT else {"s": 50}
+        style.setdefault("marker", markers[i % len(markers)])
+        ax.scatter([x], [y], label=r["agent"], zorder=3, **style)
+    front = pareto_front([(100 * r["flops_fraction"], 100 * r["accuracy"]) for r in rows])
+    ax.plot(*zip(*front, strict=True), "k--", lw=1, zorder=2, label="Pareto front (agents)")
+    if references:
+        xs = [100 * r["flops_fraction"] for r in references]
+        ys = [100 * r["accuracy"] for r in references]
+        ax.scatter(xs, ys, marker="x", c="grey", s=40, zorder=2,
+                   label="shipped models (registry, val 5,000)")  # fmt: skip
+        for r, x, y in zip(references, xs, ys, strict=True):
+            short = r["name"].split("-", 1)[-1] if r["kind"] == "hrl" else r["name"]
+            above = r["kind"] == "base"  # plain and SP sit together at 100%: one above, one below
+            ax.annotate(short, (x, y), textcoords="offset points", xytext=(0, 6 if above else -11),
+                        fontsize=7, color="grey", ha="center")  # fmt: skip
     ax.set_xlabel("FLOPs (% of the full network's MACs)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.margins(x=0.2, y=0.1)  # room for the labels of the rightmost points
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -203,6 +266,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if args.plot is not None:
             require_matplotlib()
         device = resolve_device(args.device)
+        set_threads(args.threads)
         if device.type == "cpu":
             tune_cpu_allocator()
         payload, backbone, gate = load_backbone_and_gate(args.checkpoint, device)
@@ -215,7 +279,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n = len(data) if args.limit is None else min(args.limit, len(data))
     indices = np.arange(n, dtype=np.int64)
     batches = [indices[i : i + args.num_envs] for i in range(0, n, args.num_envs)]
-    config = EnvConfig(backbone=backbone, data=data, device=device, alpha=args.alpha)
+    alpha = args.alpha if args.alpha is not None else checkpoint_alpha(payload)
+    config = EnvConfig(backbone=backbone, data=data, device=device, alpha=alpha)
 
     @functools.cache
     def make_env(num_envs: int, obs_mode: str = "vector") -> SkipNetVectorEnv:
@@ -223,10 +288,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     env = make_env(len(batches[0]))
     space, channels = env.single_observation_space, backbone.block_channels
-    print(
-        f"{args.checkpoint} ({payload['kind']}, ResNet-{backbone.depth}, {env.num_blocks} "
-        f"blocks, K = {env.num_decisions}) on {args.split}: {n} images in {len(batches)} "
-        f"batches of <= {args.num_envs}, device {device}"
+    where = ", ".join(str(p) for p in (args.json, args.plot) if p is not None)
+    print_summary(
+        f"scripts/compare_agents.py: agents routing images through {args.checkpoint} "
+        f"({payload['kind']}, ResNet-{backbone.depth}, {env.num_blocks} blocks, "
+        f"K = {env.num_decisions}) as SkipNet-CIFAR10-v0",
+        device=device,
+        data=images(n, args.split) + (f", first {n} of {len(data)}" if n < len(data) else ""),
+        steps=f"{len(batches)} rounds of K = {env.num_decisions} steps, <= {args.num_envs} envs",
+        out=where or "stdout only",
+        reward=f"paper, alpha {alpha:g}"
+        + (
+            " (the checkpoint's own)"
+            if args.alpha is None and "alpha" in payload.get("config", {})
+            else ""
+        ),
     )
 
     # the agents: name, agent, observation mode
@@ -292,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "split": args.split,
         "num_images": n,
         "num_envs": args.num_envs,
-        "alpha": args.alpha,
+        "alpha": alpha,
         "device": str(device),
         "rows": rows,
         "gate_agent_equals_batched_forward": None if gate_check is None else gate_check["equal"],
@@ -304,7 +380,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     if args.plot is not None:
         name = Path(args.checkpoint).name
-        plot(rows, args.plot, f"{name}: ResNet-{backbone.depth} on {args.split} ({n} images)")
+        title = (
+            f"agents on {name} (ResNet-{backbone.depth}), {args.split}, {n} images; "
+            f"return with alpha {alpha:g}"
+        )
+        refs = reference_points(args.split, backbone.depth) if n == len(data) else []
+        plot(rows, args.plot, title, refs)
     return results
 
 

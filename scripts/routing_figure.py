@@ -29,7 +29,8 @@ import tyro
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import normalize
 from skipenv.data.splits import load_cifar10
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.summary import images, print_summary
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Args:
     """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
 
 
 def route_all(backbone, gate, images: torch.Tensor, device: torch.device, batch: int = 500):
@@ -76,11 +79,19 @@ def main(args: Args) -> dict:
     import matplotlib.pyplot as plt
 
     device = resolve_device(args.device)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     backbone = backbone.to(memory_format=torch.channels_last).eval()
     data = load_cifar10(args.split, args.data_dir, progress=False)
+    print_summary(
+        f"scripts/routing_figure.py: {args.checkpoint} ({payload['kind']}, "
+        f"ResNet-{backbone.depth}), images by blocks run and blocks per class",
+        device=device,
+        data=images(len(data), args.split),
+        out=args.out,
+    )
     executed, predictions = route_all(backbone, gate, data.images, device)
     blocks = executed.sum(dim=1).numpy()  # n
     labels = data.labels.numpy()

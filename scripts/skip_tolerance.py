@@ -39,7 +39,8 @@ from agents.skipnet import load_backbone_and_gate
 from agents.static import selection_batches
 from skipenv.data.splits import load_cifar10
 from skipenv.models.resnet import SkipResNet
-from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.summary import images, print_summary
 
 
 @dataclass
@@ -60,6 +61,8 @@ class Args:
     """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
     amp: str = "none"
     """mixed precision of the forward passes: none or bf16 (CPU; about 3x faster) or fp16"""
     batch_size: int = 500
@@ -105,6 +108,7 @@ def main(args: Args) -> dict:
             f"need --routes >= 1 and --fractions in (0, 1], got {args.routes}, {args.fractions}"
         )
     device = resolve_device(args.device)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     payload, backbone, _ = load_backbone_and_gate(args.checkpoint, map_location=device)
@@ -120,6 +124,15 @@ def main(args: Args) -> dict:
     )
     n = sum(len(y) for _, y in batches)
     k = backbone.num_decisions
+    print_summary(
+        f"scripts/skip_tolerance.py: {args.checkpoint} ({payload['kind']}, "
+        f"ResNet-{backbone.depth}) under random routes, amp {args.amp}",
+        device=device,
+        data=images(n, args.split),
+        steps=f"{1 + args.routes * len(args.fractions)} passes: the full route, then "
+        f"{args.routes} random routes per image at each fraction {args.fractions}",
+        out=args.json if args.json is not None else "stdout only (--json PATH to keep it)",
+    )
     table = backbone.macs_table()
     amp_ctx = (lambda: autocast(device, args.amp)) if args.amp != "none" else contextlib.nullcontext
     started = time.monotonic()

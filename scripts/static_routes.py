@@ -33,8 +33,9 @@ from agents.static import RouteGate, greedy_static_route, selection_batches
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
+from skipenv.training.summary import images, print_summary
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Args:
     """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
     device: str = "auto"
     """auto (CUDA when present), cpu or cuda"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
     json: Path | None = None
     """write the results here"""
     progress: bool = True
@@ -63,6 +66,7 @@ class Args:
 
 def main(args: Args) -> dict:
     device = resolve_device(args.device)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     models = args.models or [m for m in list_pretrained() if pretrained_info(m)["kind"] == "hrl"]
@@ -71,6 +75,14 @@ def main(args: Args) -> dict:
     fmt = torch.channels_last
     select = selection_batches(data, args.select_limit, args.seed, device=device, memory_format=fmt)
     loader = BatchLoader(data, batch_size=500, device=device, channels_last=True)
+    print_summary(
+        f"scripts/static_routes.py: greedy static routes at the flops_fraction of {len(models)} "
+        f"HRL models, on their backbones and on {args.reference}",
+        device=device,
+        data=images(len(data), args.split) + f", routes chosen on {args.select_limit} of them",
+        budgets=", ".join(f"{m} {b:.4f}" for m, b in budgets.items()),
+        out=args.json if args.json is not None else "stdout only (--json PATH to keep it)",
+    )
 
     def amp_ctx():
         return autocast(device, args.amp)

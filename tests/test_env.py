@@ -26,7 +26,17 @@ from skipenv.data.sources import DataError
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.env import SkipNetEnv
 from skipenv.envs.episode import random_backbone
-from skipenv.envs.render import COLUMN_WIDTH, EXECUTED, MARGIN, PENDING, SCALE
+from skipenv.envs.render import (
+    COLUMN_WIDTH,
+    EXECUTED,
+    LINE_HEIGHT,
+    MARGIN,
+    PANEL_HEIGHT,
+    PENDING,
+    SCALE,
+    SKIPPED,
+    rgb_frame,
+)
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError, save_checkpoint
 from skipenv.models.resnet import SkipResNet, build_resnet
@@ -332,14 +342,36 @@ def test_render_rgb_array(tiny_model):
     env.reset(options={"index": 2})
     frame = env.render()
     width = 32 * SCALE + 3 * (MARGIN + COLUMN_WIDTH)
-    assert frame.shape == (32 * SCALE, width, 3) and frame.dtype == np.uint8
+    assert frame.shape == (32 * SCALE + PANEL_HEIGHT, width, 3) and frame.dtype == np.uint8
     picture = env.data.images[2].numpy().transpose(1, 2, 0).repeat(SCALE, 0).repeat(SCALE, 1)
-    np.testing.assert_array_equal(frame[:, : 32 * SCALE], picture)
+    np.testing.assert_array_equal(frame[: 32 * SCALE, : 32 * SCALE], picture)
     first_cell = frame[0, 32 * SCALE + MARGIN]
     second_cell = frame[32 * SCALE - 2, 32 * SCALE + MARGIN]  # block 1, undecided
     assert tuple(first_cell) == EXECUTED and tuple(second_cell) == PENDING
     env.step(0)
     assert not np.array_equal(env.render(), frame)
+
+
+def test_rgb_frame_writes_the_verdict_in_its_colour():
+    image = np.zeros((3, 32, 32), dtype=np.uint8)
+    executed = np.ones(6, dtype=bool)
+
+    def tint(**kw) -> tuple[int, int]:
+        """Greenish and reddish pixels on the prediction's line (text is antialiased)."""
+        frame = rgb_frame(image, executed, 6, 3, label="cat", flops_fraction=0.5, **kw)
+        top = 32 * SCALE + 2 + LINE_HEIGHT
+        line = frame[top : top + LINE_HEIGHT].astype(int).reshape(-1, 3)  # pixels x RGB
+        green, red = line[:, 1] - line[:, 0] > 40, line[:, 0] - line[:, 1] > 40
+        return int(green.sum()), int(red.sum())
+
+    assert tint(prediction="cat")[0] > 10 and tint(prediction="cat")[1] == 0  # correct: green
+    assert tint(prediction="dog")[1] > 10 and tint(prediction="dog")[0] == 0  # wrong: red
+    assert tint() == (0, 0)  # pending
+    frame = rgb_frame(image, executed, 6, 3)
+    legend = {tuple(int(v) for v in px) for px in frame[-PANEL_HEIGHT // 3 :].reshape(-1, 3)}
+    assert {EXECUTED, SKIPPED, PENDING} <= legend  # the legend's swatches
+    bare = rgb_frame(image, executed, 6, 3, panel=False)
+    assert bare.shape[0] == 32 * SCALE
 
 
 def test_render_ansi(tiny_model):

@@ -14,10 +14,10 @@ from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import (
     RoutingStats,
     format_routing_table,
-    metrics_lines,
     parse_route,
     route_decisions,
     route_string,
+    routing_line,
     routing_stats,
     static_control,
     static_route_correct,
@@ -170,9 +170,10 @@ def test_static_control_refuses_reordered_batches(net: SkipResNet) -> None:
         static_control(net, batches[:2], masks, hits, labels, [True] * 6)
 
 
-def test_metrics_lines_print_the_routing_summary_not_the_dict(net: SkipResNet) -> None:
+def test_routing_line_prints_the_routing_summary(net: SkipResNet) -> None:
     routing = evaluate_gated(net, ConstantGate([True] * 6), synthetic_batches())["routing"]
-    text = metrics_lines({"step": 3, "val_skip_rates": [0.0], "val_routing": routing}, "val")
-    first, second = text.splitlines()
-    assert first == '{"step": 3}'
-    assert second.startswith("val routing: blocks/image 6.00 +- 0.00 (of 6), 1 routes")
+    line = routing_line({"step": 3, "val_skip_rates": [0.0], "val_routing": routing}, "val")
+    assert line is not None and "\n" not in line
+    assert line.startswith("val routing: blocks/image 6.00 +- 0.00 (of 6), 1 routes")
+    assert line.endswith(f"static control (top route for all) {routing['static_accuracy']:.4f}")
+    assert routing_line({"step": 3, "val_accuracy": 0.5}, "val") is None  # a plain network's

@@ -41,7 +41,9 @@ def _cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 
 
 def sp_args(root: Path, out: Path, **kw) -> supervised.Args:
-    defaults = dict(out=out, depth=8, epochs=2, batch_size=16, data_dir=str(root), progress=False)
+    defaults = dict(
+        out=out, depth=8, epochs=2, batch_size=16, data_dir=str(root), progress=False
+    ) | ({} if "init" in kw else {"from_scratch": True})
     return supervised.Args(**(defaults | kw))
 
 
@@ -127,7 +129,8 @@ def test_resume_gives_identical_weights(
     module = supervised if stage == "sp" else hybrid
     module.main(args(tmp_path / "straight"))
     module.main(args(tmp_path / "split", max_steps=7))  # stops mid-epoch 2
-    assert not (tmp_path / "split" / "final.pt").exists()
+    partial = load_checkpoint(tmp_path / "split" / "final.pt")  # usable, says it is partial
+    assert (partial["step"], partial["total_steps"]) == (7, 10)
     module.main(args(tmp_path / "split", resume=True))
     a = load_checkpoint(tmp_path / "straight" / "final.pt")
     b = load_checkpoint(tmp_path / "split" / "final.pt")
@@ -222,7 +225,11 @@ def test_torchrun_two_cpu_processes(
     script: str, data_root: Path, sp_checkpoint: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    stage = ["--sp", str(sp_checkpoint)] if script == "hybrid.py" else ["--depth", "8"]
+    stage = {
+        "hybrid.py": ["--sp", str(sp_checkpoint)],
+        "supervised.py": ["--depth", "8", "--from-scratch"],
+        "base.py": ["--depth", "8"],
+    }[script]
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
         "--standalone", str(REPO / "train" / script), "--out", str(out), *stage,
@@ -235,7 +242,7 @@ def test_torchrun_two_cpu_processes(
     assert ckpt["step"] == 90 // 16
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1  # only rank 0 writes
-    assert sorted(p.name for p in out.iterdir()) == ["final.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["final.pt", "last.pt", "metrics.jsonl", "tb"]
 
 
 def test_gate_alone_on_a_frozen_backbone(

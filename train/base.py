@@ -27,10 +27,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
+from skipenv.training.tensorboard import example_callback
 
 
 @dataclass
@@ -74,6 +75,7 @@ def main(args: Args) -> dict[str, float]:
                          "wrap; train with random block dropping in a single process")
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -143,10 +145,22 @@ def main(args: Args) -> dict[str, float]:
         train_loader=train_loader,
         total_steps=total_steps,
         step=step,
-        evaluate=lambda: evaluate_gated(model, None, eval_loader, routing=False),  # 1 route
+        evaluate=lambda: evaluate_gated(
+            model,
+            None,
+            eval_loader,
+            routing=False,  # a plain network has one route
+            progress=args.progress,
+            desc=f"evaluating {args.eval_split}",
+        ),
         state=state,
         restore=restore,
         train_mode=net.train,
+        what=f"train/base.py: plain ResNet-{args.depth}"
+        + (f" with random block dropping up to {args.drop_max:g}" if args.drop_max else "")
+        + f", {args.epochs} epochs one-cycle (peak lr {args.lr:g}), batch {args.batch_size}",
+        eval_size=eval_loader.num_samples,
+        examples=example_callback(model, None, eval_loader),
     )
 
 

@@ -34,9 +34,10 @@ from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import RoutingStats
+from skipenv.training.summary import images, print_summary
 
 
 @dataclass
@@ -45,7 +46,8 @@ class Args:
     """a checkpoint written by train/base.py, supervised.py, hybrid.py or static.py, or the name
     of a shipped pretrained model (python -m skipenv.models.pretrained list)"""
     split: str = "val"
-    """split to evaluate: val (the 5,000 held out of train), test, train or train-full"""
+    """split to evaluate: val (the 5,000 held out of train), test, train, train-full or sample
+    (1,000 val images shipped in the package)"""
     data_dir: str | None = None
     """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
     device: str = "auto"
@@ -56,6 +58,10 @@ class Args:
     """NHWC memory format (faster convs on CPUs)"""
     json: Path | None = None
     """also write the results to this JSON file"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
+    progress: bool = True
+    """show a progress bar over the batches"""
 
 
 #: results key -> registry (model card) key
@@ -80,21 +86,32 @@ def card_match(checkpoint: str, split: str, results: dict) -> bool | None:
 
 def main(args: Args) -> dict:
     device = resolve_device(args.device)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)
-    data = load_cifar10(args.split, args.data_dir)
+    data = load_cifar10(args.split, args.data_dir, progress=args.progress)
     loader = BatchLoader(
         data, batch_size=args.batch_size, device=device, channels_last=args.channels_last
+    )
+    print_summary(
+        f"train/evaluate.py: {args.checkpoint} ({payload['kind']}, ResNet-{backbone.depth}), "
+        "greedy gates, real skipping",
+        device=device,
+        data=images(len(data), args.split),
+        steps=f"{len(loader)} batches of <= {args.batch_size}",
+        out=args.json if args.json is not None else "stdout only (--json PATH to keep it)",
     )
     results = {
         "checkpoint": str(args.checkpoint),
         "kind": payload["kind"],
         "depth": backbone.depth,
         "split": args.split,
-        **evaluate_gated(backbone, gate, loader),
+        **evaluate_gated(
+            backbone, gate, loader, progress=args.progress, desc=f"evaluating {args.split}"
+        ),
     }
     print(
         f"{args.checkpoint} ({payload['kind']}, ResNet-{backbone.depth}) on {args.split} "

@@ -47,10 +47,11 @@ from agents.skipnet import SkipNet, freeze_batch_norm, load_skipnet
 from skipenv.models.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
+from skipenv.training.tensorboard import example_callback
 from skipenv.utils import import_script
 
 # train/supervised.py, the SP stage run first when --sp is not given (the entry points are
@@ -116,7 +117,7 @@ class Args(RunArgs):
 def run_pretraining(args: Args) -> Path:
     """Run (or finish) the SP stage into OUT/sp and return its final checkpoint."""
     sp_out = args.out / "sp"
-    if not (sp_out / "final.pt").exists():
+    if not finished(sp_out / "final.pt"):
         supervised.main(
             dataclasses.replace(
                 args.pretrain,
@@ -126,9 +127,20 @@ def run_pretraining(args: Args) -> Path:
                 device=args.device,
                 seed=args.seed,
                 progress=args.progress,
+                threads=args.threads,
+                tensorboard=args.tensorboard,
             )
         )
     return sp_out / "final.pt"
+
+
+def finished(path: Path) -> bool:
+    """Whether ``path`` is the final.pt of a run that did all its steps (not one stopped early
+    by --max-steps)."""
+    if not path.exists():
+        return False
+    ckpt = load_checkpoint(path)
+    return ckpt["step"] >= ckpt.get("total_steps", ckpt["step"])
 
 
 SCHEDULES = ("constant", "cosine")
@@ -152,10 +164,17 @@ def main(args: Args) -> dict:
         raise ValueError(f"need --price >= 0 and --entropy >= 0, got {args.price}, {args.entropy}")
     if args.alpha < 0 or not 0 <= args.gamma <= 1:
         raise ValueError(f"need alpha >= 0 and 0 <= gamma <= 1, got {args.alpha}, {args.gamma}")
+    if args.sp is None and args.pretrain.init is None and not args.pretrain.from_scratch:
+        raise ValueError(
+            "train/hybrid.py needs an SP network: --sp PATH (the final.pt of "
+            "train/supervised.py), or SP run first into OUT/sp from --pretrain.init PATH (a "
+            "plain network from train/base.py) or with --pretrain.from-scratch"
+        )
     sp_path = args.sp if args.sp is not None else run_pretraining(args)
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -220,12 +239,13 @@ def main(args: Args) -> dict:
         for group, base_lr in zip(optimizer.param_groups, (args.lr, args.gate_lr), strict=True):
             group["lr"] = base_lr * scale
         optimizer.step()
+        flops = table.flops_fraction(out.executed)  # B
         show = {
-            "flops": f"{float(table.flops_fraction(out.executed).mean()):.3f}",
+            "flops": f"{float(flops.mean()):.3f}",
             "p": f"{out.probs.mean().item():.3f}",
             "lr": f"{args.lr * scale:.2g}",
         }
-        return StepOutput(out.logits, ce.item(), out.executed, show)
+        return StepOutput(out.logits, ce.item(), out.executed, show, out.probs, flops)
 
     def train_mode() -> None:
         net.train()
@@ -250,11 +270,22 @@ def main(args: Args) -> dict:
         train_loader=train_loader,
         total_steps=total_steps,
         step=step,
-        evaluate=lambda: evaluate_gated(model.backbone, model.gate, eval_loader),
+        evaluate=lambda: evaluate_gated(
+            model.backbone,
+            model.gate,
+            eval_loader,
+            progress=args.progress,
+            desc=f"evaluating {args.eval_split}",
+        ),
         state=state,
         restore=lambda ckpt: optimizer.load_state_dict(ckpt["optimizer"]),
         train_mode=train_mode,
         eval_every=args.eval_every or None,
+        what=f"train/hybrid.py: SkipNet-{model.backbone.depth} HRL, alpha {args.alpha:g}, from "
+        f"{sp_path}, {args.epochs:g} epochs (lr {args.lr:g}, gate lr {args.gate_lr:g}, "
+        f"{args.schedule}), batch {args.batch_size}",
+        eval_size=eval_loader.num_samples,
+        examples=example_callback(model.backbone, model.gate, eval_loader),
     )
 
 

@@ -46,11 +46,12 @@ from skipenv.models.checkpoint import (
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import SkipResNet
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.routing import parse_route, route_decisions, route_string
 from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
+from skipenv.training.tensorboard import example_callback
 
 
 @dataclass
@@ -113,6 +114,7 @@ def main(args: Args) -> dict:
         )
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -136,6 +138,7 @@ def main(args: Args) -> dict:
     flags = parse_route(route, model.num_blocks)
     gate = RouteGate(flags).to(device)
     flops = route_flops_fraction(model.macs_table(), flags)
+    route_flops = torch.tensor([flops], dtype=torch.float64)  # 1: the same for every image
 
     # data, optimiser
     train_loader, eval_loader = cifar_loaders(args, device)
@@ -143,12 +146,6 @@ def main(args: Args) -> dict:
         model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
     total_steps = max(1, round(args.epochs * len(train_loader)))
-    print(
-        f"static route {route} ({sum(flags)} of {len(flags)} blocks, flops_fraction "
-        f"{flops:.4f}) from {args.checkpoint}: {args.epochs} epochs ({total_steps} steps), lr "
-        f"{args.lr} cosine, {device}, amp {args.amp}"
-        + (f", resuming at step {source['step']}" if args.resume else "")
-    )
 
     # one step: cross-entropy with the route for every image, skipped blocks never run
     def step(x: torch.Tensor, y: torch.Tensor, index: int) -> StepOutput:
@@ -163,7 +160,8 @@ def main(args: Args) -> dict:
         loss.backward()
         optimizer.step()
         executed = torch.cat([execute.new_ones(x.shape[0], 1), execute], dim=1)  # B x N
-        return StepOutput(logits, loss.item(), executed, {"lr": f"{args.lr * scale:.2g}"})
+        show = {"lr": f"{args.lr * scale:.2g}"}
+        return StepOutput(logits, loss.item(), executed, show, flops=route_flops.expand(len(y)))
 
     # checkpoint entries of this entry point (the weights were loaded from run.last above)
     def state() -> dict:
@@ -184,11 +182,18 @@ def main(args: Args) -> dict:
         train_loader=train_loader,
         total_steps=total_steps,
         step=step,
-        evaluate=lambda: evaluate_gated(model, gate, eval_loader),
+        evaluate=lambda: evaluate_gated(
+            model, gate, eval_loader, progress=args.progress, desc=f"evaluating {args.eval_split}"
+        ),
         state=state,
         restore=lambda ckpt: optimizer.load_state_dict(ckpt["optimizer"]),
         train_mode=model.train,
         eval_every=args.eval_every or None,
+        what=f"train/static.py: ResNet-{model.depth} on the static route {route} ({sum(flags)} "
+        f"of {len(flags)} blocks, flops_fraction {flops:.4f}) from {args.checkpoint}, "
+        f"{args.epochs:g} epochs (lr {args.lr:g} cosine), batch {args.batch_size}",
+        eval_size=eval_loader.num_samples,
+        examples=example_callback(model, gate, eval_loader),
     )
 
 

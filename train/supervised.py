@@ -1,7 +1,7 @@
 """SkipNet+SP: train gates and network together by cross-entropy (supervised pre-training).
 
     python train/supervised.py --init runs/base38/final.pt --out runs/sp38   # from a plain net
-    python train/supervised.py --depth 38 --epochs 30 --out runs/sp38        # from scratch
+    python train/supervised.py --from-scratch --depth 38 --out runs/sp38     # from scratch
     python train/supervised.py --out runs/sp38 --resume                      # continue a run
     torchrun --nproc_per_node=2 train/supervised.py ...                      # data parallel
 
@@ -13,12 +13,15 @@ greedy gates and really skips.
 Recipe. The authors train SP from scratch for 64k iterations (SGD, lr 0.1 stepped, wd 1e-4,
 batch 128). On this project's 2-core CPU the default starts from a plain ResNet trained by
 train/base.py (``--init``) and fine-tunes for a few epochs on a one-cycle schedule, the
-backbone at a low rate and the fresh gate at a higher one; without ``--init`` raise
-``--epochs`` (and ``--lr``) to train from scratch.
+backbone at a low rate and the fresh gate at a higher one. Without ``--init`` it refuses to
+start (that fine-tuning recipe on random weights only wastes the run) unless
+``--from-scratch`` is given, which switches to a from-scratch recipe: backbone peak lr 0.1
+and 30 epochs (``--lr`` / ``--epochs`` still override them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +35,11 @@ from agents.skipnet import SkipNet
 from skipenv.models.checkpoint import load_backbone
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, tune_cpu_allocator
+from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
+from skipenv.training.tensorboard import example_callback
 
 
 @dataclass
@@ -43,17 +47,23 @@ class Args(RunArgs):
     out: Path = Path("runs/sp")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl"""
     init: Path | None = None
-    """plain-network checkpoint (train/base.py) to start the backbone from; None: from scratch"""
+    """plain-network checkpoint (train/base.py) to start the backbone from; required unless
+    --from-scratch or --resume"""
+    from_scratch: bool = False
+    """train backbone and gate from random weights: the from-scratch recipe (lr 0.1, 30
+    epochs unless --lr / --epochs say otherwise) instead of fine-tuning --init"""
     depth: int = 38
     """CIFAR ResNet depth, 6n + 2 (must match --init when given)"""
     gate: str = "rnn"
     """gate type: rnn (the paper's recurrent gate), ffgate1 or ffgate2"""
     gate_mode: str = "hard"
     """hard (straight-through 0/1 gates) or soft (block output scaled by p)"""
-    epochs: int = 4
-    """passes over the training split (the authors' from-scratch recipe is about 182)"""
-    lr: float = 0.02
-    """peak learning rate of the backbone (one-cycle schedule); use 0.1 from scratch"""
+    epochs: int | None = None
+    """passes over the training split (default: 4 fine-tuning --init, 30 --from-scratch; the
+    authors' from-scratch recipe is about 182)"""
+    lr: float | None = None
+    """peak learning rate of the backbone, one-cycle schedule (default: 0.02 fine-tuning
+    --init, 0.1 --from-scratch)"""
     gate_lr: float = 0.1
     """peak learning rate of the gate, which starts untrained"""
     warmup_fraction: float = 0.15
@@ -64,7 +74,39 @@ class Args(RunArgs):
     """L2 weight decay of the backbone and the gate"""
 
 
+#: (epochs, backbone peak lr) of the two recipes
+FINE_TUNE, FROM_SCRATCH = (4, 0.02), (30, 0.1)
+
+
+def recipe(args: Args) -> Args:
+    """``args`` with the recipe's epochs and lr filled in; refuses a run with neither
+    ``--init`` nor ``--from-scratch`` (nor ``--resume``).
+
+    Raises:
+        ValueError: no starting point, or both ``--init`` and ``--from-scratch``.
+    """
+    if args.init is not None and args.from_scratch:
+        raise ValueError(
+            f"--init {args.init} and --from-scratch contradict each other: pass one of them"
+        )
+    if args.init is None and not args.from_scratch and not args.resume:
+        raise ValueError(
+            "train/supervised.py needs a starting point: --init PATH, the final.pt of a plain "
+            "network from train/base.py (e.g. --init runs/base38/final.pt), which it fine-tunes "
+            "for 4 epochs at lr 0.02; or --from-scratch, which trains backbone and gate from "
+            "random weights for 30 epochs at lr 0.1 (fine-tuning's lr from random weights "
+            "only wastes the run)"
+        )
+    epochs, lr = FROM_SCRATCH if args.from_scratch else FINE_TUNE
+    return dataclasses.replace(
+        args,
+        epochs=args.epochs if args.epochs is not None else epochs,
+        lr=args.lr if args.lr is not None else lr,
+    )
+
+
 def main(args: Args) -> dict:
+    args = recipe(args)
     if args.gate not in GATE_TYPES:
         raise ValueError(f"unknown --gate {args.gate!r}; choose one of {GATE_TYPES}")
     if args.gate_mode not in ("hard", "soft"):
@@ -72,6 +114,7 @@ def main(args: Args) -> dict:
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
+    set_threads(args.threads)
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -116,8 +159,9 @@ def main(args: Args) -> dict:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        flops = float(table.flops_fraction(out.executed).mean())
-        return StepOutput(out.logits, loss.item(), out.executed, {"flops": f"{flops:.3f}"})
+        flops = table.flops_fraction(out.executed)  # B
+        shown = {"flops": f"{float(flops.mean()):.3f}"}
+        return StepOutput(out.logits, loss.item(), out.executed, shown, out.probs, flops)
 
     # checkpoint entries of this entry point
     def state() -> dict:
@@ -144,10 +188,25 @@ def main(args: Args) -> dict:
         train_loader=train_loader,
         total_steps=total_steps,
         step=step,
-        evaluate=lambda: evaluate_gated(model.backbone, model.gate, eval_loader),
+        evaluate=lambda: evaluate_gated(
+            model.backbone,
+            model.gate,
+            eval_loader,
+            progress=args.progress,
+            desc=f"evaluating {args.eval_split}",
+        ),
         state=state,
         restore=restore,
         train_mode=net.train,
+        what=f"train/supervised.py: SkipNet-{args.depth} SP, {args.gate} gate ({args.gate_mode}), "
+        + (
+            f"from scratch, {args.epochs} epochs"
+            if args.from_scratch
+            else f"fine-tuning {args.init or 'the resumed run'}, {args.epochs} epochs"
+        )
+        + f" (peak lr {args.lr:g}, gate lr {args.gate_lr:g}), batch {args.batch_size}",
+        eval_size=eval_loader.num_samples,
+        examples=example_callback(model.backbone, model.gate, eval_loader),
     )
 
 

@@ -3,6 +3,9 @@
 Splits: ``"train"`` (45,000), ``"val"`` (a fixed stratified 5,000, 10% of each class, carved
 from the training images and independent of any user seed), ``"train-full"`` (50,000) and
 ``"test"`` (10,000; held out in this project, readable when the user has the official data).
+``"sample"`` is no part of those: 1,000 val images (100 per class) shipped inside the package
+(``skipenv/data/sample/``), for demos, tutorials and a first run with no download; it is
+read only when asked for by name, never in place of a missing split.
 A split is held in memory as a :class:`CifarSplit` of uint8 tensors.
 """
 
@@ -21,13 +24,19 @@ from skipenv.data.cache import default_cache_dir, load_source_split
 from skipenv.data.sources import (
     CIFAR10_CLASSES,
     SOURCES,
+    DataError,
     Source,
     locate,
     resolve_data_root,
 )
 
-SPLITS: tuple[str, ...] = ("train", "val", "train-full", "test")
-Split = Literal["train", "val", "train-full", "test"]
+SPLITS: tuple[str, ...] = ("train", "val", "train-full", "test", "sample")
+Split = Literal["train", "val", "train-full", "test", "sample"]
+
+SAMPLE_FILE = "cifar10-val-sample.npz"
+"""The shipped sample (``skipenv/data/sample/``): ``images`` M x 3 x 32 x 32 uint8, ``labels`` M
+int64, ``indices`` M int64 (positions among the 50,000 training images; all in ``val``) and
+``note`` (where the pixels came from). Written by ``scripts/make_sample.py``."""
 
 VAL_SEED = 20180711
 """Fixed seed of the validation carve-out. Never derived from a user seed: changing it changes
@@ -42,10 +51,11 @@ class CifarSplit:
         images: ``M x 3 x 32 x 32`` uint8 tensor, RGB, values 0..255.
         labels: ``M`` int64 tensor, values in ``0..len(classes)-1``.
         classes: class names in label order.
-        split: the split name (``"train"``, ``"val"``, ``"train-full"`` or ``"test"``).
+        split: the split name (``"train"``, ``"val"``, ``"train-full"``, ``"test"`` or
+            ``"sample"``).
         indices: ``M`` int64 positions of these images in the source split (the 50,000
-            training images for train/val/train-full, the 10,000 test images for test).
-        source: ``"batches"`` or ``"folder"`` (empty when built by hand).
+            training images for train/val/train-full/sample, the 10,000 test images for test).
+        source: ``"batches"``, ``"folder"`` or ``"sample"`` (empty when built by hand).
         path: the batch directory or image-folder split directory that was read.
     """
 
@@ -136,6 +146,40 @@ def split_indices(labels: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, t
     return train, val
 
 
+# ---------------------------------------------------------------------- shipped sample
+
+
+def sample_path() -> Path:
+    """The shipped sample file (:data:`SAMPLE_FILE`) in the installed package."""
+    import importlib.resources
+
+    folder = importlib.resources.files("skipenv.data") / "sample"
+    return Path(os.fspath(folder)) / SAMPLE_FILE  # type: ignore[arg-type]
+
+
+def load_sample() -> CifarSplit:
+    """The shipped 1,000-image sample of ``val`` (100 per class), with no data root needed.
+
+    Raises:
+        DataError: the file is missing or malformed (an incomplete install).
+    """
+    path = sample_path()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images = torch.from_numpy(np.ascontiguousarray(f["images"]))  # M x 3 x 32 x 32
+            labels = torch.from_numpy(f["labels"].astype(np.int64))  # M
+            indices = torch.from_numpy(f["indices"].astype(np.int64))  # M
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(
+            f"The shipped CIFAR-10 sample {path} is missing or unreadable ({err}); the install "
+            "of skipnet-gym is incomplete: reinstall it (the sample is package data)."
+        ) from err
+    try:
+        return CifarSplit(images, labels, CIFAR10_CLASSES, "sample", indices, "sample", path)
+    except ValueError as err:
+        raise DataError(f"The shipped CIFAR-10 sample {path} is malformed: {err}") from err
+
+
 # ---------------------------------------------------------------------- public entry
 
 
@@ -154,7 +198,9 @@ def load_cifar10(
     Args:
         split: ``"train"`` (45,000 images), ``"val"`` (the fixed stratified 5,000 carved from
             the training images, see :func:`val_indices`), ``"train-full"`` (50,000, their
-            union) or ``"test"`` (10,000; held out in this project).
+            union), ``"test"`` (10,000; held out in this project) or ``"sample"`` (1,000 val
+            images shipped in the package, :func:`load_sample`; ``root`` and the other
+            arguments are not used).
         root: data root (see :func:`resolve_data_root`): ``root``, else ``$SKIPNET_DATA``,
             else the per-user cache folder.
         download: fetch the official python batches with torchvision when neither source is
@@ -178,6 +224,8 @@ def load_cifar10(
             "download=True fetches the official python batches; it cannot be combined with "
             'source="folder".'
         )
+    if split == "sample":
+        return load_sample()
     data_root = resolve_data_root(root)
     cache_path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     source_split = "test" if split == "test" else "train"

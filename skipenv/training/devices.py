@@ -1,8 +1,10 @@
-"""Where computation runs: choosing the torch device, and tuning the CPU memory allocator."""
+"""Where computation runs: choosing the torch device, CPU threads, and tuning the CPU memory
+allocator."""
 
 from __future__ import annotations
 
 import ctypes
+import os
 
 import torch
 
@@ -68,3 +70,30 @@ def autocast(device: torch.device, amp: str = "none") -> torch.autocast:
         raise ValueError("amp 'fp16' needs a CUDA device; use 'bf16' on the CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=amp != "none")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask; ``os.cpu_count()`` elsewhere)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Set torch's intra-op CPU threads and return the number in use.
+
+    ``None`` (the entry points' default) leaves torch's own setting: every core available to
+    the process, or ``$OMP_NUM_THREADS`` when that is set. Lower it
+    when another job shares the machine: threads that wait on a busy core spin, which can make
+    a run slower than with fewer threads (measured: README, "Performance notes").
+
+    Raises:
+        ValueError: ``threads`` < 1.
+    """
+    if threads is None:
+        return torch.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"--threads must be a whole number >= 1, got {threads!r}")
+    torch.set_num_threads(threads)
+    return torch.get_num_threads()

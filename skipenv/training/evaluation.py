@@ -19,11 +19,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from skipenv.models.gating import Gate
 from skipenv.models.resnet import SkipResNet
@@ -37,6 +38,8 @@ def evaluate_gated(
     *,
     autocast: Any = None,
     routing: bool = True,
+    progress: bool = False,
+    desc: str = "evaluating",
 ) -> dict[str, Any]:
     """Greedy gates, real skipping, eval mode; the plain network when ``gate`` is None.
 
@@ -49,6 +52,8 @@ def evaluate_gated(
             (blocks run per image, distinct routes, dynamic blocks, ...) with the static control
             (the most common route for every image; ``batches`` is then iterated a second
             time, running only the images that took another route).
+        progress: show a progress bar over the batches (tqdm, removed when done).
+        desc: the bar's label.
 
     Returns:
         ``accuracy``, ``loss``, ``flops_fraction``, ``flops_fraction_with_gate``,
@@ -66,7 +71,11 @@ def evaluate_gated(
     masks, hits, labels = [], [], []  # per batch: B x N executed, B correct, B labels
     try:
         with torch.inference_mode():
-            for x, y in batches:
+            total = len(batches) if isinstance(batches, Sized) else None
+            bar = tqdm(
+                batches, desc=desc, total=total, unit="batch", leave=False, disable=not progress
+            )
+            for x, y in bar:
                 started = time.perf_counter()
                 with autocast() if autocast is not None else contextlib.nullcontext():
                     if gate is None:

@@ -20,7 +20,6 @@ block 0 first, e.g. ``"111011..."``.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -313,13 +312,10 @@ def format_routing_table(rows: Sequence[tuple[str, RoutingStats | dict[str, Any]
     return "\n".join(lines)
 
 
-def metrics_lines(metrics: dict[str, Any], split: str) -> str:
-    """A training run's logged metrics for the console: JSON without the per-block lists and
-    the routing dict, then the routing summary of ``{split}_routing`` on a second line."""
-    brief = {k: v for k, v in metrics.items() if "rates" not in k and not k.endswith("_routing")}
-    text = json.dumps(brief)
-    if f"{split}_routing" in metrics:
-        text += (
-            f"\n{split} routing: {RoutingStats.from_dict(metrics[f'{split}_routing']).summary()}"
-        )
-    return text
+def routing_line(metrics: dict[str, Any], split: str) -> str | None:
+    """The console line of a training run's logged ``{split}_routing``
+    (``"val routing: blocks/image ..."``, :meth:`RoutingStats.summary`); None without it."""
+    routing = metrics.get(f"{split}_routing")
+    if routing is None:
+        return None
+    return f"{split} routing: {RoutingStats.from_dict(routing).summary()}"

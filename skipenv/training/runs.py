@@ -113,6 +113,10 @@ class RunArgs:
     """stop after this many steps in all (smoke tests); the schedule still spans all epochs"""
     progress: bool = True
     """show a progress bar"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
+    tensorboard: bool = True
+    """also log to TensorBoard in OUT/tb (--no-tensorboard: metrics.jsonl only)"""
 
 
 def cifar_loaders(
