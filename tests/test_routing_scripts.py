@@ -141,3 +141,20 @@ def test_routing_figure_writes_pngs(sp_checkpoint: Path, data_root: Path, tmp_pa
     for path in summary["figures"]:
         assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "fig" / "routing-sp.json").read_text()) == summary
+
+
+def test_hybrid_logs_routing_in_metrics_jsonl(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path
+) -> None:
+    hybrid = load_script("train/hybrid.py")
+    args = hybrid.Args(
+        out=tmp_path / "hrl", sp=sp_checkpoint, batch_size=16, data_dir=str(data_root),
+        max_steps=2, eval_every=1, progress=False, tensorboard=False,
+    )  # fmt: skip
+    hybrid.main(args)
+    lines = [json.loads(ln) for ln in (tmp_path / "hrl" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2]
+    for m in lines:
+        routing = m["val_routing"]
+        assert routing["num_images"] == 20 and routing["accuracy"] == m["val_accuracy"]
+        assert sum(routing["blocks_histogram"]) == 20 and routing["static_accuracy"] is not None
