@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from agents.gates import ExploringGate, build_gate
+from agents.static import RouteGate
 from skipenv.models.checkpoint import (
     BACKBONE_KINDS,
     CheckpointError,
@@ -117,10 +118,14 @@ def load_skipnet(
 def load_backbone_and_gate(
     source: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], SkipResNet, Gate | None]:
-    """The payload, backbone and gate (in eval mode; None for a ``base`` checkpoint) of any
-    base, sp or hrl checkpoint: a path or the name of a shipped model."""
+    """The payload, backbone and gate (in eval mode; None for a ``base`` checkpoint, the
+    route's :class:`agents.static.RouteGate` for a ``static`` one) of any base, sp, hrl or
+    static checkpoint: a path or the name of a shipped model."""
     payload = load_checkpoint(resolve_checkpoint(source), BACKBONE_KINDS, map_location=map_location)
     if payload["kind"] in SKIPNET_KINDS:
         model = load_skipnet(payload, map_location=map_location)
         return payload, model.backbone, model.gate.eval()
+    if payload["kind"] == "static":  # one fixed route for every image (agents/static.py)
+        gate = RouteGate(payload["route"]).to(map_location)
+        return payload, load_backbone(payload, map_location=map_location), gate.eval()
     return payload, load_backbone(payload, map_location=map_location), None

@@ -4,14 +4,15 @@
     python scripts/compare_agents.py --checkpoint skipnet38-hrl-a0.6 --limit 1000 \\
         --sb3 runs/ppo/model.zip --sb3-algo ppo --json compare.json --plot compare.png
 
-The checkpoint (base, sp or hrl; a path or a shipped name) is the environment's backbone.
+The checkpoint (base, sp, hrl or static; a path or a shipped name) is the environment's backbone.
 Every agent routes the same images, each exactly once: all of ``--split``, or with ``--limit``
 a stratified sample of it (each class in its share, picked with ``--seed``; printed and in the
 JSON's ``subset``), reset in batches of ``--num-envs`` into the natively batched vector
 env with ``options={"indices": ...}`` (one batch = one round of K steps;
 :func:`agents.protocol.evaluate_agent`). Agents:
 
-- ``GateAgent``: the gate of an sp / hrl checkpoint, greedy (execute iff p > 0.5);
+- ``GateAgent``: the gate of an sp / hrl checkpoint, greedy (execute iff p > 0.5), or the
+  route of a static one (:class:`agents.static.RouteGate`);
 - ``AlwaysExecute``: the full network;
 - ``RandomSkip(p=...)``: each block executed with probability p (``--random-p``);
 - ``FixedPattern.skip_last(k=...)``: the last k blocks of every stage skipped (``--skip-last``);
@@ -21,8 +22,10 @@ Per agent: top-1 ``accuracy``; ``flops_fraction`` (backbone MACs per image over 
 network's, from the env's final info; no gate MACs); ``block_fraction`` (executed blocks over
 all blocks); ``return`` (mean episode return of the paper reward with ``--alpha``, by
 default the checkpoint's own training alpha: an hrl checkpoint's ``config["alpha"]``, else
-0.1);
-``steps_per_s`` (environment steps per second, agent and environment together).
+0.1); ``steps_per_s`` (environment steps per second, agent and environment together);
+``routing`` (:mod:`skipenv.training.routing`: blocks run per image, distinct routes, top route
+and its share, dynamic blocks), for the gate agent with its static control (its most common
+route run on every image, same backbone), printed as a second table.
 
 The gate also runs inside the network (``forward_gated``,
 :func:`agents.protocol.check_gate_agent`) on the same images: ``gate agent == batched
@@ -31,6 +34,7 @@ forward: True`` when decisions and predictions match exactly (``gate_check`` in 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from collections.abc import Sequence
@@ -62,6 +66,7 @@ from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.routing import format_routing_table, routing_stats, static_route_correct
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
 
@@ -71,8 +76,8 @@ GATE_AGENT = "GateAgent"
 @dataclass
 class Args:
     checkpoint: str
-    """a base, sp or hrl checkpoint (path or shipped name): the env's backbone; an sp/hrl gate
-    is also an agent"""
+    """a base, sp, hrl or static checkpoint (path or shipped name): the env's backbone; an
+    sp/hrl gate (a static route) is also an agent"""
     split: str = "val"
     """CIFAR-10 split: val (the 5,000 held out of train), train, train-full or test"""
     data_dir: str | None = None
@@ -133,6 +138,27 @@ def fail(message: str) -> None:
     """Exit with status 2 and ``message`` on stderr, as a command-line error."""
     print(f"compare_agents.py: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def add_routing(
+    runs: dict[str, AgentRun], env: SkipNetVectorEnv, batches: Sequence[np.ndarray]
+) -> None:
+    """Give every row ``routing`` (:mod:`skipenv.training.routing`); the gate agent's also holds
+    its static control: its most common route run on every image with the same backbone."""
+    episodes = env.episodes
+    for name, run in runs.items():
+        stats = routing_stats(torch.from_numpy(run.executed), accuracy=run.row["accuracy"])
+        if name == GATE_AGENT:
+            images = (
+                (
+                    episodes.inputs(i),  # B x 3 x H x W
+                    episodes.labels.index_select(0, torch.from_numpy(i).to(episodes.device)),  # B
+                )
+                for i in batches
+            )
+            correct = static_route_correct(episodes.backbone, stats.route, images)  # M
+            stats = dataclasses.replace(stats, static_accuracy=int(correct.sum()) / len(correct))
+        run.row["routing"] = stats.to_dict()
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -343,9 +369,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if GATE_AGENT in runs and gate is not None:
         gate_check = check_gate_agent(runs[GATE_AGENT], env, gate, batches)
 
+    add_routing(runs, env, batches)  # issue 12: per-image routing diagnostics
+
     # report
     rows = sorted((r.row for r in runs.values()), key=lambda r: r["flops_fraction"])
     print(format_table(rows))
+    print(format_routing_table([(r["agent"], r["routing"]) for r in rows]))
     if gate_check is not None:
         print(f"gate agent == batched forward: {gate_check['equal']}")
         if not gate_check["equal"]:

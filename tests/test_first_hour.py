@@ -101,7 +101,8 @@ def test_threads() -> None:
     "script", ["train/base.py", "train/supervised.py", "train/hybrid.py", "train/evaluate.py",
                "scripts/compare_agents.py", "scripts/demo.py", "scripts/pretrained_table.py",
                "benchmarks/env_throughput.py", "benchmarks/skipping.py", "benchmarks/hrl_step.py",
-               "benchmarks/data.py"],
+               "benchmarks/data.py", "train/static.py", "scripts/skip_tolerance.py",
+               "scripts/static_routes.py", "scripts/routing_figure.py"],
 )  # fmt: skip
 def test_every_entry_point_takes_threads(script: str) -> None:
     env = os.environ | {"PYTHONPATH": str(REPO)}

@@ -97,6 +97,13 @@ def test_cli_smoke_sp_then_hrl_then_evaluate(data_root: Path, tmp_path: Path) ->
         if kind != "base":
             assert result["accuracy"] == pytest.approx(metrics[-1]["val_accuracy"])
             assert result["flops_fraction"] == pytest.approx(metrics[-1]["val_flops_fraction"])
+            # the loop logs evaluate_gated's routing diagnostics (issue 12), as evaluate.py does
+            logged, measured = metrics[-1]["val_routing"], result["routing"]
+            for key in ("top_route", "distinct_routes", "blocks_histogram", "dynamic_blocks"):
+                assert logged[key] == measured[key], key
+        else:  # a plain network has one route: its training run does not measure routing
+            assert "val_routing" not in metrics[-1] and result["routing"]["distinct_routes"] == 1
+        assert "routing: blocks/image" in r.stdout
     assert "per skipped block" in run_cli("hybrid.py", "--help").stdout
 
 

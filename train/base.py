@@ -146,7 +146,12 @@ def main(args: Args) -> dict[str, float]:
         total_steps=total_steps,
         step=step,
         evaluate=lambda: evaluate_gated(
-            model, None, eval_loader, progress=args.progress, desc=f"evaluating {args.eval_split}"
+            model,
+            None,
+            eval_loader,
+            routing=False,  # a plain network has one route
+            progress=args.progress,
+            desc=f"evaluating {args.eval_split}",
         ),
         state=state,
         restore=restore,

@@ -1,4 +1,4 @@
-"""Evaluate a plain, SP or HRL checkpoint: accuracy, executed FLOPs, block computation, speed.
+"""Evaluate a plain, SP, HRL or static checkpoint: accuracy, FLOPs, blocks, routing, speed.
 
     python train/evaluate.py --checkpoint runs/hrl38/final.pt --split val
     python train/evaluate.py --checkpoint runs/base38/final.pt --split val --json base.json
@@ -11,7 +11,11 @@ Gates are greedy (execute iff p > 0.5) and skipped blocks are really skipped. Re
 ``accuracy`` (top-1), ``flops_fraction`` (MACs the backbone runs, projection shortcuts of
 skipped blocks included, over the full plain network's), ``flops_fraction_with_gate`` (the
 same with the gate's MACs), ``block_fraction`` (the paper's computation percentage: executed
-blocks over all blocks), per-block ``skip_rates``, and ``images_per_s`` (forward passes only).
+blocks over all blocks), per-block ``skip_rates``, ``images_per_s`` (forward passes only), and
+``routing`` (skipenv/training/routing.py, issue 12): blocks run per image (mean, std,
+histogram), distinct routes, the most common route and its share, dynamic blocks, and the
+static control (the same weights with the most common route for every image). A ``static``
+checkpoint (train/static.py) is evaluated with its one route.
 
 For a shipped model on ``val`` the four numbers are also checked against its registry entry
 (the model card's numbers), to 4 decimals: ``card_match`` in the results.
@@ -32,6 +36,7 @@ from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
+from skipenv.training.routing import RoutingStats
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
 
@@ -39,7 +44,7 @@ from skipenv.utils import write_json
 @dataclass
 class Args:
     checkpoint: str
-    """a checkpoint written by train/base.py, train/supervised.py or train/hybrid.py, or the name
+    """a checkpoint written by train/base.py, supervised.py, hybrid.py or static.py, or the name
     of a shipped pretrained model (python -m skipenv.models.pretrained list)"""
     split: str = "val"
     """split to evaluate: val (the 5,000 held out of train), test, train, train-full or sample
@@ -118,6 +123,8 @@ def main(args: Args) -> dict:
         f"{results['images_per_s']:.0f} images/s"
     )
     print("skip rate per block:", " ".join(f"{r:.2f}" for r in results["skip_rates"]))
+    routing = results["routing"]  # issue 12: per-image routing diagnostics
+    print(f"routing: {RoutingStats.from_dict(routing).summary()}; top {routing['top_route']}")
     results["card_match"] = card_match(str(args.checkpoint), args.split, results)
     if results["card_match"] is not None:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"

@@ -114,7 +114,7 @@ class Args(RunArgs):
     cross-entropy term): the paper's gate as a pure RL agent"""
     fresh_gate: bool = False
     """start from a newly initialised recurrent gate (executes every block) instead of the
-    checkpoint's; then --sp may be any backbone checkpoint (base, sp, hrl)"""
+    checkpoint's; then --sp may be any backbone checkpoint (base, sp, hrl, static)"""
     pretrain: supervised.Args = field(default_factory=supervised.Args)
     """the SP stage run first when --sp is not given (its out, data, device, seed and resume
     are taken from this run)"""

@@ -85,7 +85,7 @@ class EnvConfig:
     depth: int = 38
     """ResNet depth; a checkpoint of another depth is a CheckpointError"""
     checkpoint: str | Path | None = None
-    """base, sp or hrl checkpoint of the backbone: a shipped model's name or a file path"""
+    """base, sp, hrl or static checkpoint of the backbone: a shipped model's name or a file path"""
     backbone: SkipResNet | None = None
     """a network used as is instead of a checkpoint (its depth wins)"""
     pretrained: bool = True

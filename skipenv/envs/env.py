@@ -113,7 +113,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     - ``split``: CIFAR-10 split to draw images from (``train``, ``val``, ``train-full``,
       ``test``), read with :func:`skipenv.data.splits.load_cifar10` from ``data_root``.
     - ``depth``: ResNet depth; a checkpoint of another depth is a ``CheckpointError``.
-    - ``checkpoint``: the backbone's base, sp or hrl checkpoint: the name of a shipped
+    - ``checkpoint``: the backbone's base, sp, hrl or static checkpoint: the name of a shipped
       pretrained model (``skipenv.list_pretrained()``) or a file path.
     - ``backbone``: a :class:`~skipenv.models.resnet.SkipResNet` used as is (its depth wins); the
       environment moves it to ``device``, puts it in eval mode and freezes it.

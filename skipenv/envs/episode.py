@@ -78,7 +78,7 @@ def _default_checkpoint(depth: int) -> Path:
     listed = f"; shipped models (checkpoint=NAME): {', '.join(shipped)}" if shipped else " yet"
     raise ValueError(
         f"no pretrained ResNet-{depth} backbone ships with skipnet-gym{listed}. Pass "
-        "checkpoint=PATH (a base, sp or hrl checkpoint, e.g. one written by train/base.py) "
+        "checkpoint=PATH (a base, sp, hrl or static checkpoint, e.g. one written by train/base.py) "
         "or backbone=MODEL, or pretrained=False for random weights"
     )
 

@@ -7,5 +7,6 @@ must not import torch) and :mod:`skipenv.models.checkpoint` share one copy.
 """
 
 #: Checkpoint kinds whose ``model`` is a backbone an environment can route images through; a
-#: shipped model has one of them.
-BACKBONE_KINDS: tuple[str, ...] = ("base", "sp", "hrl")
+#: shipped model has one of them. ``static``: a backbone fine-tuned for one fixed route, kept in
+#: ``route`` (train/static.py, issue 12).
+BACKBONE_KINDS: tuple[str, ...] = ("base", "sp", "hrl", "static")

@@ -76,6 +76,7 @@ EXPORT_KEYS: tuple[str, ...] = (
     "config",
     "model",
     "gate",
+    "route",  # kind static (issue 12)
     "metrics",
     "step",
     "epoch",
@@ -274,8 +275,8 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
         return path
     raise _error(
         f"no checkpoint at {path}: {text!r} is neither a checkpoint file nor the name of a "
-        f"shipped pretrained model ({_shipped_phrase()}). Pass the path of a base, sp or hrl "
-        "checkpoint (e.g. runs/base38/final.pt) or one of the shipped names"
+        f"shipped pretrained model ({_shipped_phrase()}). Pass the path of a base, sp, hrl or "
+        "static checkpoint (e.g. runs/base38/final.pt) or one of the shipped names"
     )
 
 
@@ -285,7 +286,7 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
 def export_weights(
     checkpoint_path: str | os.PathLike[str], out_path: str | os.PathLike[str], *, name: str
 ) -> Path:
-    """Write a weights-only copy of a trained base, sp or hrl checkpoint to ``out_path``.
+    """Write a weights-only copy of a trained base, sp, hrl or static checkpoint to ``out_path``.
 
     Keeps :data:`EXPORT_KEYS` (kind, arch, config, backbone ``model``, ``gate`` when present,
     metrics, step, epoch, wall_s) and records ``name``; drops optimizer, scheduler and RNG
@@ -311,10 +312,11 @@ def export_weights(
             f"got {name!r}"
         )
     payload = load_checkpoint(checkpoint_path, kinds=BACKBONE_KINDS)
-    if payload["kind"] != "base" and "gate" not in payload:
+    needed = "route" if payload["kind"] == "static" else "gate"  # static: issue 12
+    if payload["kind"] != "base" and needed not in payload:
         raise _error(
-            f"{checkpoint_path} holds a {payload['kind']!r} checkpoint without its gate; export "
-            "the final.pt of train/supervised.py or train/hybrid.py"
+            f"{checkpoint_path} holds a {payload['kind']!r} checkpoint without its {needed}; "
+            "export the final.pt of train/supervised.py, train/hybrid.py or train/static.py"
         )
     weights = {key: payload[key] for key in EXPORT_KEYS if key in payload}
     weights["arch"] = checkpoint_arch(payload)
@@ -403,7 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a weights-only copy of a checkpoint (no optimizer/RNG state)"
     )
-    export.add_argument("checkpoint", help="a base, sp or hrl checkpoint: a path or a shipped name")
+    export.add_argument(
+        "checkpoint", help="a base, sp, hrl or static checkpoint: a path or a shipped name"
+    )
     export.add_argument(
         "out", type=Path, help="the .pt file to write, e.g. skipenv/models/weights/X.pt"
     )

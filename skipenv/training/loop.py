@@ -13,9 +13,10 @@ all of them:
    keep this process's rows (:func:`skipenv.training.distributed.shard`), call ``step``.
 3. Every ``eval_every`` steps (default: each epoch's end) and at the end: evaluate on the
    main process (with its own progress bar), log one line to ``metrics.jsonl`` (full
-   precision) and print it readably (:func:`skipenv.training.summary.format_metrics`), wait
-   for every process, write ``last.pt``; between evaluations ``last.pt`` is also written
-   every ``checkpoint_minutes``.
+   precision) and print it readably (:func:`skipenv.training.summary.format_metrics`; the
+   routing summary on a second line when ``evaluate`` gives ``routing``,
+   :func:`skipenv.training.routing.routing_line`), wait for every process, write ``last.pt``;
+   between evaluations ``last.pt`` is also written every ``checkpoint_minutes``.
 4. When all ``total_steps`` are done, or ``max_steps`` stops the run earlier: ``final.pt``
    (a run stopped by ``max_steps`` says so, and continues with ``--resume``).
 
@@ -45,6 +46,7 @@ from tqdm.auto import tqdm
 from skipenv.data.loader import BatchLoader
 from skipenv.models.checkpoint import CheckpointError, checkpoint_arch
 from skipenv.training import distributed
+from skipenv.training.routing import routing_line
 from skipenv.training.runs import RunArgs, RunDir, rng_state, set_rng_state
 from skipenv.training.summary import format_metrics, images, print_summary
 from skipenv.training.tensorboard import TensorBoard
@@ -99,7 +101,8 @@ def train(
             ``eval_split``, ``progress``).
         run: the run folder.
         dist: the process group (:func:`skipenv.training.distributed.setup`).
-        kind: the checkpoint kind written and accepted on resume (``base``, ``sp``, ``hrl``).
+        kind: the checkpoint kind written and accepted on resume (``base``, ``sp``, ``hrl``,
+            ``static``).
         arch: what the checkpoint's ``arch`` must equal on resume.
         config: the run's arguments as JSON types, stored in every checkpoint.
         train_loader: shuffled, augmented batches; ``len`` is the steps per epoch.
@@ -216,6 +219,9 @@ def train(
                 run.log(metrics)
                 if dist.is_main:
                     bar.write(format_metrics(metrics, args.eval_split, total_steps))
+                    routing = routing_line(metrics, args.eval_split)  # issue 12
+                    if routing is not None:
+                        bar.write(routing)
                     frames, probs = examples() if examples and board.writer else ([], None)
                     board.evaluation(done, metrics, args.eval_split, probs)
                     board.images(done, frames)
