@@ -40,7 +40,7 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
       on the same step; that step returns the observations of ``num_envs`` freshly drawn
       images (stem and block 0 already run), with the terminal observations in
       ``info["final_obs"]`` (object array, one observation per environment) and the terminal
-      infos (with ``prediction`` and ``correct``) in ``info["final_info"]``.
+      infos (with ``prediction``, ``correct`` and ``loss``) in ``info["final_info"]``.
     - Infos are dicts of arrays with ``"_key"`` masks, as in Gymnasium's vector envs.
     - ``reset(seed=..., options={"indices": [...]})`` picks the ``num_envs`` images; without
       it they are drawn with ``self.np_random``, as are the images of every autoreset.
