@@ -25,6 +25,8 @@ import torch
 from gymnasium import spaces
 from tqdm.auto import tqdm
 
+from skipenv.data.splits import CifarSplit
+from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.gating import Gate
 
@@ -267,6 +269,31 @@ def split_batches(num_images: int, batch: int) -> list[np.ndarray]:
     """Image indices ``0 .. num_images - 1`` in consecutive batches of at most ``batch``."""
     indices = np.arange(num_images, dtype=np.int64)
     return [indices[i : i + batch] for i in range(0, num_images, batch)]
+
+
+def evaluate_on(
+    name: str,
+    agent: Agent,
+    config: EnvConfig,
+    data: CifarSplit,
+    *,
+    limit: int | None = None,
+    batch: int = 500,
+    seed: int | None = 0,
+    progress: bool = True,
+) -> AgentRun:
+    """:func:`evaluate_agent` on the first ``limit`` images of ``data`` (all by default), in
+    batches of ``batch``, through vector envs of ``config`` (its data replaced by ``data``)."""
+    n = len(data) if limit is None else min(limit, len(data))
+    envs: dict[int, SkipNetVectorEnv] = {}
+
+    def make_env(b: int) -> SkipNetVectorEnv:
+        if b not in envs:
+            envs[b] = SkipNetVectorEnv(b, config, data=data)
+        return envs[b]
+
+    batches = split_batches(n, min(batch, n))
+    return evaluate_agent(name, agent, make_env, batches, seed=seed, progress=progress)
 
 
 def routing_diagnostics(executed: np.ndarray, accuracy: float | None = None) -> dict | None:

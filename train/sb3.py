@@ -65,10 +65,9 @@ from tqdm.auto import tqdm
 from agents.protocol import (
     SB3_ALGOS,
     SB3Agent,
-    evaluate_agent,
+    evaluate_on,
     evaluation_results,
     normalizer_path,
-    split_batches,
 )
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.sources import DataError
@@ -459,23 +458,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     save_agent(model, args.out, "final", replay=False)
 
     # the final agent, deterministic, on the eval split
-    n = len(eval_data) if args.eval_limit is None else min(args.eval_limit, len(eval_data))
-    batches = split_batches(n, min(500, n))
-    eval_config = dataclasses.replace(config, data=eval_data)
-    envs: dict[int, SkipNetVectorEnv] = {}
-
-    def make_env(b: int) -> SkipNetVectorEnv:
-        if b not in envs:
-            envs[b] = SkipNetVectorEnv(b, eval_config)
-        return envs[b]
-
     norm = normalizer_of(model.get_env())
     if norm is not None:
         norm.training = False
     agent = SB3Agent(model, obs_mode, norm)
-    run = evaluate_agent(
-        args.algo, agent, make_env, batches, seed=args.seed, progress=args.progress
-    )
+    run = evaluate_on(
+        args.algo, agent, config, eval_data, limit=args.eval_limit, seed=args.seed,
+        progress=args.progress,
+    )  # fmt: skip
     state = json.loads((args.out / "last.json").read_text()) if remaining > 0 else {}
     results = {
         "checkpoint": str(args.checkpoint),
@@ -499,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     write_json(args.out / "val.json", results)
     print(
         f"{results['agent']} after {results['env_steps']:,} env steps on {args.eval_split} "
-        f"({n} images): accuracy {results['accuracy']:.4f}, FLOPs "
+        f"({results['num_images']} images): accuracy {results['accuracy']:.4f}, FLOPs "
         f"{100 * results['flops_fraction']:.1f}%, blocks {100 * results['block_fraction']:.1f}%"
         f" -> {args.out / 'val.json'}"
     )
