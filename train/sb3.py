@@ -452,9 +452,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
 
     callback = RunCallback(args, timer, wall_s, replay)
+    start_steps = model.num_timesteps
     if remaining > 0:
         model.learn(remaining, callback=callback, reset_num_timesteps=False, progress_bar=False)
         callback.save()
+        this_run_s = callback.wall_s() - wall_s  # training only, this process
     save_agent(model, args.out, "final", replay=False)
 
     # the final agent, deterministic, on the eval split
@@ -484,7 +486,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "train_env_steps_per_s": None,
     }
     if remaining > 0:
-        results["train_env_steps_per_s"] = remaining / max(callback.wall_s() - wall_s, 1e-9)
+        results["train_env_steps_per_s"] = (model.num_timesteps - start_steps) / max(
+            this_run_s, 1e-9
+        )
         results["time"] = callback.times()
     write_json(args.out / "val.json", results)
     print(
