@@ -18,11 +18,11 @@ Learned agents (one row each; the rows of one ``family`` are its operating point
 - ``SB3:<ALGO>``: a Stable-Baselines3 model (``--sb3``, ``--sb3-algo``), deterministic;
 - the entries of ``--manifest`` (YAML or JSON): ``agents:`` a list of ``{family, point, kind,
   path}`` with ``kind`` one of ``sb3`` (+ ``algo``; a ``train/sb3.py`` zip), ``openloop``
-  (``train/open_loop.py``'s final.pt), ``gate`` (the gate of an sp / hrl checkpoint routing
-  the env's backbone: ``train/gate_rl.py``) or ``skipnet`` (gate and its own backbone, e.g.
-  a hybrid-trained network: same images, another backbone). ``env_steps`` and
-  ``train_wall_s`` (training cost) are read from the run's ``val.json`` or checkpoint, or
-  given in the entry. A manifest may name the ``backbone`` (``--checkpoint`` wins).
+  (``train/open_loop.py``'s final.pt), ``gate`` (the gate of an sp / hrl checkpoint, a path
+  or shipped name, routing the env's backbone: ``train/gate_rl.py``) or ``skipnet`` (gate
+  and its own backbone, e.g. a hybrid-trained network: same images, another backbone).
+  ``env_steps`` and ``train_wall_s`` (training cost) are read from the run's ``val.json`` or
+  checkpoint, or given in the entry. A manifest may name the ``backbone`` (``--checkpoint`` wins).
 
 Baselines on the same backbone:
 
@@ -30,8 +30,9 @@ Baselines on the same backbone:
 - ``RandomSkip``: each block executed with probability p: the ``--random-p`` values, and with
   ``--matched-random`` (default) one per learned agent at its rate of executed decisions;
 - ``FixedPattern.skip_last(k=...)``: the last k blocks of every stage skipped (``--skip-last``);
-- ``StaticRoute``: with ``--static-routes``, the best static route at each learned agent's
-  FLOPs, chosen greedily on the compared images (:mod:`agents.static`, when present).
+- ``StaticRoute``: with ``--static-routes``, the best static route within each learned
+  agent's FLOPs, chosen by greedy block dropping on the compared images (one greedy run;
+  :mod:`agents.static`, issue 12, when present).
 
 Per row: top-1 ``accuracy``, ``loss``; ``flops_fraction`` (backbone MACs per image over the
 full network's, from the env's final info; no agent or gate MACs); ``block_fraction``
@@ -84,6 +85,7 @@ from skipenv.data.splits import load_cifar10
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError, load_checkpoint
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
 from skipenv.utils import atomic_write
 
@@ -248,6 +250,7 @@ def manifest_entries(
             obs_mode = "vector"
             agent = OpenLoopAgent(policy, space_of("vector"), channels, device)
         else:
+            path = resolve_checkpoint(entry["path"])  # a path or a shipped name
             payload = load_checkpoint(path, ("sp", "hrl"), map_location=device)
             model = load_skipnet(payload, map_location=device)
             obs_mode = "vector"
@@ -294,12 +297,17 @@ def static_entries(
         print("no StaticRoute rows: agents.static (issue 12) is not in this checkout")
         return []
     batches = static.selection_batches(data, n, batch_size=args.num_envs, device=device)
+    lowest = max(min(b for _, b in budgets), 1e-3)
+    try:  # one greedy run down to the lowest budget holds the route of every higher one
+        result = static.greedy_static_route(env.backbone, batches, lowest, progress=args.progress)
+    except ValueError as err:  # below block 0 alone
+        print(f"no StaticRoute rows: {err}")
+        return []
     out = []
     for point, budget in budgets:
-        result = static.greedy_static_route(env.backbone, batches, budget, progress=args.progress)
-        agent = static.StaticRoute(env.single_observation_space, env.backbone.block_channels,
-                                   result.route)  # fmt: skip
-        out.append(Entry(f"StaticRoute({point})", "StaticRoute", point, agent))
+        route = result.at(budget).route
+        agent = static.StaticRoute(env.single_observation_space, env.backbone.block_channels, route)
+        out.append(Entry(f"StaticRoute({point})", "StaticRoute (greedy)", point, agent))
     return out
 
 
