@@ -188,7 +188,7 @@ def test_bad_spaces_and_observations(tiny_model: SkipResNet, gate: RNNGate) -> N
     with pytest.raises(ValueError, match="the gate was built for blocks"):
         GateAgent(RNNGate((16, 16, 32)), vector_space(tiny_model), channels)
     agent = GateAgent(gate, vector_space(tiny_model), channels)
-    with pytest.raises(ValueError, match=r"shape \(18,\) or \(N, 18\), got shape \(3, 17\)"):
+    with pytest.raises(ValueError, match=r"shape \(18,\) or \(B, 18\), got shape \(3, 17\)"):
         agent.act(np.zeros((3, 17), np.float32))
     terminal = np.zeros(18, np.float32)
     terminal[16] = 1.0
