@@ -207,7 +207,8 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 def training_cost(entry: dict[str, Any], payload: dict[str, Any] | None) -> dict[str, Any]:
     """``env_steps`` and ``train_wall_s`` of a saved agent: the entry's own, else the run's
-    ``val.json`` beside it, else its checkpoint's ``env_steps`` / ``step`` and ``wall_s``."""
+    ``val.json`` beside it, else (openloop and gate checkpoints) its ``env_steps`` / ``step``
+    and ``wall_s``."""
     cost: dict[str, Any] = {"env_steps": entry.get("env_steps"), "train_wall_s": None}
     cost["train_wall_s"] = entry.get("train_wall_s")
     val = Path(entry["path"]).with_name("val.json")
@@ -215,7 +216,9 @@ def training_cost(entry: dict[str, Any], payload: dict[str, Any] | None) -> dict
         saved = json.loads(val.read_text())
         cost["env_steps"] = cost["env_steps"] or saved.get("env_steps")
         cost["train_wall_s"] = cost["train_wall_s"] or saved.get("train_wall_s")
-    if payload is not None:
+    if payload is not None and entry["kind"] in ("openloop", "gate"):
+        # a run of train/open_loop.py or train/gate_rl.py on this frozen backbone; a skipnet
+        # checkpoint's wall_s is its last training stage only, so it is not reported
         steps = payload.get(
             "env_steps", payload.get("step") if entry["kind"] == "openloop" else None
         )
