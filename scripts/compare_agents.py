@@ -5,6 +5,8 @@
         --sb3 runs/ppo/final.zip --sb3-algo ppo --json compare.json --plot compare.png
     python scripts/compare_agents.py --manifest runs/leaderboard/agents.yml \\
         --out results/leaderboard   # the leaderboard from saved agents
+    python scripts/compare_agents.py --from-json results/leaderboard/leaderboard.json \\
+        --out results/leaderboard   # table and plot again, nothing evaluated
 
 The checkpoint (base, sp or hrl; a path or a shipped name) is the environment's backbone.
 Every agent routes the same images, each exactly once: the first ``--limit`` images of
@@ -128,6 +130,9 @@ class Args:
     """the class that saved --sb3: ppo, a2c, dqn, recurrentppo or maskableppo"""
     manifest: Path | None = None
     """a YAML/JSON list of saved agents (see the module doc)"""
+    from_json: Path | None = None
+    """re-write table and plot (--out, --plot) from a results JSON of this script, without
+    evaluating anything"""
     json: Path | None = None
     """write the results to this file"""
     plot: Path | None = None
@@ -408,6 +413,7 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     families: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
+    colors = plt.get_cmap("tab20").colors  # one colour per family up to 20
     for i, (family, members) in enumerate(families.items()):
         members = sorted(members, key=lambda r: r["flops_fraction"])
         xs = [100 * r["flops_fraction"] for r in members]
@@ -416,7 +422,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
             ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="plain network")
             ax.scatter(xs, ys, color="black", marker="s", zorder=3)
             continue
-        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family, linewidth=1.2)
+        color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family, linewidth=1.2, color=color)
     ax.set_xlabel("executed FLOPs (% of the full network's MACs)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title)
@@ -435,8 +442,44 @@ def write_text(path: Path, text: str) -> None:
 # ---------------------------------------------------------------------------- main
 
 
+def title_of(results: dict[str, Any]) -> str:
+    name = Path(str(results["checkpoint"])).name
+    return (
+        f"{name}: ResNet-{results['depth']} on {results['split']} ({results['num_images']} images)"
+    )
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """``leaderboard.{json,md,csv,png}`` in ``out``."""
+    rows, title = results["rows"], title_of(results)
+    write_text(out / "leaderboard.json", json.dumps(results, indent=2) + "\n")
+    write_text(out / "leaderboard.md", f"{title}\n\n" + markdown_table(rows))
+    write_text(out / "leaderboard.csv", csv_table(rows))
+    plot(rows, out / "leaderboard.png", title)
+    print(f"wrote {out}/leaderboard.{{md,csv,json,png}}")
+
+
+def rewrite(args: Args) -> dict[str, Any]:
+    """``--from-json``: table and plot again from saved results."""
+    try:
+        if args.out is None and args.plot is None:
+            raise ValueError("--from-json needs --out or --plot: where to write")
+        require_matplotlib()
+        results = json.loads(Path(args.from_json).read_text())
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        fail(str(err))
+    print(format_table(results["rows"]))
+    if args.plot is not None:
+        plot(results["rows"], args.plot, title_of(results))
+    if args.out is not None:
+        write_outputs(results, args.out)
+    return results
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = tyro.cli(Args, args=argv, description=__doc__)
+    if args.from_json is not None:
+        return rewrite(args)
 
     # manifest, backbone, gate, data, optional SB3 model
     try:
@@ -588,18 +631,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "gate_check": gate_check,
         "gate_agent_error": gate_error,
     }
-    text = json.dumps(results, indent=2) + "\n"
-    title = f"{Path(str(checkpoint)).name}: ResNet-{backbone.depth} on {args.split} ({n} images)"
     if args.json is not None:
-        write_text(args.json, text)
+        write_text(args.json, json.dumps(results, indent=2) + "\n")
     if args.plot is not None:
-        plot(rows, args.plot, title)
+        plot(rows, args.plot, title_of(results))
     if args.out is not None:
-        write_text(args.out / "leaderboard.json", text)
-        write_text(args.out / "leaderboard.md", f"{title}\n\n" + markdown_table(rows))
-        write_text(args.out / "leaderboard.csv", csv_table(rows))
-        plot(rows, args.out / "leaderboard.png", title)
-        print(f"wrote {args.out}/leaderboard.{{md,csv,json,png}}")
+        write_outputs(results, args.out)
     return results
 
 

@@ -280,6 +280,13 @@ def test_leaderboard_from_manifest(
         assert png.format == "PNG" and png.size[0] > 400
     assert "wrote" in capsys.readouterr().out
 
+    # table and plot again from the JSON alone: the same table, a fresh PNG
+    again = tmp_path / "again"
+    compare.main(["--from-json", str(out / "leaderboard.json"), "--out", str(again)])
+    assert (again / "leaderboard.md").read_text() == md
+    assert (again / "leaderboard.csv").read_text() == (out / "leaderboard.csv").read_text()
+    assert (again / "leaderboard.png").stat().st_size > 0
+
 
 def test_bad_manifest_is_a_clear_error(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
