@@ -6,11 +6,14 @@
   SkipNet-CIFAR10-v0 with an agent deciding; accuracy, FLOPs, blocks, return, speed.
 - :func:`check_gate_agent`: run the gate inside the network (``forward_gated``) on the same
   images and compare decisions and predictions with what the gate agent did in the env.
+- :func:`evaluation_results`: an agent run as the fields of ``train/evaluate.py``'s JSON, with
+  the routing diagnostics when :mod:`skipenv.training.routing` is present.
 """
 
 from __future__ import annotations
 
 import importlib
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,8 +23,11 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
+from skipenv.data.splits import CifarSplit, stratified_subset
+from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv, last_step_info
 from skipenv.models.gating import Gate
 
@@ -57,10 +63,12 @@ class SB3Agent:
     Args:
         model: the loaded model.
         obs_mode: the environment observation mode the model was trained on.
+        normalizer: the ``VecNormalize`` the model was trained behind (its observation
+            statistics are applied before ``predict``), or None.
     """
 
-    def __init__(self, model: Any, obs_mode: str) -> None:
-        self.model, self.obs_mode = model, obs_mode
+    def __init__(self, model: Any, obs_mode: str, normalizer: Any = None) -> None:
+        self.model, self.obs_mode, self.normalizer = model, obs_mode, normalizer
         self._state: Any = None
         self._starts = np.ones(1, dtype=bool)
 
@@ -68,6 +76,8 @@ class SB3Agent:
         self._state, self._starts = None, np.ones(num_envs, dtype=bool)
 
     def act(self, obs: Any) -> np.ndarray:
+        if self.normalizer is not None:
+            obs = self.normalizer.normalize_obs(obs)
         actions, self._state = self.model.predict(
             obs, state=self._state, episode_start=self._starts, deterministic=True
         )
@@ -93,13 +103,31 @@ def same_layout(a: spaces.Space, b: spaces.Space) -> bool:
     return type(a) is type(b) and a.shape == b.shape
 
 
+def normalizer_path(model_path: Path) -> Path:
+    """Where the ``VecNormalize`` statistics of a model zip live: ``X.zip`` ->
+    ``X.vecnormalize.pkl`` (what ``train/sb3.py`` writes)."""
+    name = model_path.name.removesuffix(".zip")
+    return model_path.with_name(f"{name}.vecnormalize.pkl")
+
+
+def load_normalizer(path: Path) -> Any:
+    """``VecNormalize`` statistics saved by ``VecNormalize.save`` (no env attached: only
+    ``normalize_obs`` / ``normalize_reward`` work). A pickle: load only files you wrote."""
+    with path.open("rb") as f:
+        normalizer = pickle.load(f)
+    normalizer.training = False  # frozen statistics
+    return normalizer
+
+
 def load_sb3(path: Path, algo: str, device: torch.device) -> SB3Agent:
-    """Load an SB3 model zip with the class of ``algo`` (a key of :data:`SB3_ALGOS`).
+    """Load an SB3 model zip with the class of ``algo`` (a key of :data:`SB3_ALGOS`), and the
+    ``VecNormalize`` statistics beside it (:func:`normalizer_path`) when there are any.
 
     Raises:
         FileNotFoundError: no such file.
         ValueError: the zip is not a model of that class.
     """
+    path = Path(path)
     if not (path.is_file() or path.with_name(path.name + ".zip").is_file()):
         raise FileNotFoundError(f"no SB3 model at {path} (pass the .zip that model.save wrote)")
     module, name = SB3_ALGOS[algo]
@@ -111,7 +139,9 @@ def load_sb3(path: Path, algo: str, device: torch.device) -> SB3Agent:
             f"could not load {path} as a {name} model ({type(err).__name__}: {err}); is "
             f"--sb3-algo right (one of {', '.join(SB3_ALGOS)})?"
         ) from err
-    return SB3Agent(model, obs_mode_of(model.observation_space))
+    stats = normalizer_path(path)
+    normalizer = load_normalizer(stats) if stats.is_file() else None
+    return SB3Agent(model, obs_mode_of(model.observation_space), normalizer)
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -122,9 +152,10 @@ class AgentRun:
     """One agent over all images: the metrics and, per image, what it did.
 
     Attributes:
-        row: ``agent``, ``accuracy``, ``flops_fraction`` (backbone MACs over the full
-            network's, from the env's final infos), ``block_fraction``, ``return`` (mean
-            episode return), ``steps_per_s`` (env steps per second, agent included).
+        row: ``agent``, ``accuracy``, ``loss`` (mean cross-entropy of the predictions),
+            ``flops_fraction`` (backbone MACs over the full network's, from the env's final
+            infos), ``block_fraction``, ``return`` (mean episode return), ``steps_per_s``
+            (env steps per second, agent included).
         executed: M x N bool, blocks run per image.
         prediction: M int64, predicted class per image.
     """
@@ -154,7 +185,7 @@ def evaluate_agent(
         seed: seeds the env at the first reset.
         progress: show a progress bar.
     """
-    returns, correct, flops, executed, predictions = [], [], [], [], []
+    returns, correct, flops, executed, predictions, losses = [], [], [], [], [], []
     steps, seconds = 0, 0.0
     for i, indices in enumerate(tqdm(batches, desc=name, unit="batch", disable=not progress)):
         env = make_env(len(indices))
@@ -177,10 +208,12 @@ def evaluate_agent(
         flops.append(final["flops_fraction"])
         executed.append(final["executed"])  # B x N
         predictions.append(final["prediction"])
+        losses.append(final["loss"])
     executed_all = np.concatenate(executed)  # M x N
     row = {
         "agent": name,
         "accuracy": float(np.concatenate(correct).mean()),
+        "loss": float(np.concatenate(losses).mean()),
         "flops_fraction": float(np.concatenate(flops).mean()),
         "block_fraction": float(executed_all.mean()),
         "return": float(np.concatenate(returns).mean()),
@@ -227,4 +260,79 @@ def check_gate_agent(
         "flops_fraction_with_gate_batched": float(
             table.flops_fraction_with_gate(executed_t).mean()
         ),
+    }
+
+
+# ---------------------------------------------------------------------------- results
+
+
+def split_batches(num_images: int, batch: int) -> list[np.ndarray]:
+    """Image indices ``0 .. num_images - 1`` in consecutive batches of at most ``batch``."""
+    indices = np.arange(num_images, dtype=np.int64)
+    return [indices[i : i + batch] for i in range(0, num_images, batch)]
+
+
+def evaluate_on(
+    name: str,
+    agent: Agent,
+    config: EnvConfig,
+    data: CifarSplit,
+    *,
+    limit: int | None = None,
+    batch: int = 500,
+    seed: int | None = 0,
+    progress: bool = True,
+) -> AgentRun:
+    """:func:`evaluate_agent` on ``limit`` images of ``data`` (all by default; fewer: a
+    stratified sample picked with ``seed``, :func:`skipenv.data.splits.stratified_subset`), in
+    batches of ``batch``, through vector envs of ``config`` (its data replaced by ``data``;
+    every round reset with its own images, no autoreset)."""
+    envs: dict[int, SkipNetVectorEnv] = {}
+
+    def make_env(b: int) -> SkipNetVectorEnv:
+        if b not in envs:
+            envs[b] = SkipNetVectorEnv(b, config, data=data, autoreset_mode=AutoresetMode.DISABLED)
+        return envs[b]
+
+    if limit is None or limit >= len(data):
+        batches = split_batches(len(data), min(batch, len(data)))
+    else:  # never the first LIMIT: a split is ordered by class
+        indices = stratified_subset(data.labels, limit, seed=seed or 0).numpy()  # M'
+        batches = [indices[i : i + batch] for i in range(0, len(indices), batch)]
+    return evaluate_agent(name, agent, make_env, batches, seed=seed, progress=progress)
+
+
+def routing_diagnostics(executed: np.ndarray, accuracy: float | None = None) -> dict | None:
+    """The routing diagnostics of an M x N executed mask (:func:`routing_stats` of
+    :mod:`skipenv.training.routing`, issue 12), or None where that module is absent."""
+    try:
+        routing = importlib.import_module("skipenv.training.routing")
+    except ImportError:
+        return None
+    stats = routing.routing_stats(torch.from_numpy(np.asarray(executed)), accuracy=accuracy)
+    return stats.to_dict()
+
+
+def evaluation_results(run: AgentRun, num_decisions: int) -> dict[str, Any]:
+    """An agent's run as the fields of ``train/evaluate.py``'s results.
+
+    ``accuracy``, ``loss``, ``flops_fraction``, ``block_fraction``, ``skip_rates`` (per block,
+    block 0 first) and ``num_images`` mean the same there and here; ``images_per_s`` is env
+    steps per second over K (agent and env together, one block per step);
+    ``flops_fraction_with_gate`` is None: an agent's own compute is not a gate in the
+    backbone's MACs table. ``routing`` holds :func:`routing_diagnostics` (None without
+    :mod:`skipenv.training.routing`).
+    """
+    run_rates = run.executed.mean(axis=0)  # N
+    return {
+        "accuracy": run.row["accuracy"],
+        "loss": run.row["loss"],
+        "flops_fraction": run.row["flops_fraction"],
+        "flops_fraction_with_gate": None,
+        "block_fraction": run.row["block_fraction"],
+        "skip_rates": [round(1.0 - float(r), 6) for r in run_rates],
+        "images_per_s": run.row["steps_per_s"] / num_decisions,
+        "num_images": len(run.prediction),
+        "return": run.row["return"],
+        "routing": routing_diagnostics(run.executed, run.row["accuracy"]),
     }

@@ -2,53 +2,84 @@
 
     python scripts/compare_agents.py --checkpoint runs/sp38/final.pt --split val
     python scripts/compare_agents.py --checkpoint skipnet38-hrl-a0.6 --limit 1000 \\
-        --sb3 runs/ppo/model.zip --sb3-algo ppo --json compare.json --plot compare.png
+        --sb3 runs/ppo/final.zip --sb3-algo ppo --json compare.json --plot compare.png
+    python scripts/compare_agents.py --manifest runs/leaderboard/agents.yml \\
+        --out results/leaderboard   # the leaderboard from saved agents
+    python scripts/compare_agents.py --from-json results/leaderboard/leaderboard.json \\
+        --out results/leaderboard   # table and plot again, nothing evaluated
 
-The checkpoint (base, sp, hrl or static; a path or a shipped name) is the environment's backbone.
-Every agent routes the same images, each exactly once: all of ``--split``, or with ``--limit``
-a stratified sample of it (each class in its share, picked with ``--seed``; printed and in the
-JSON's ``subset``), reset in batches of ``--num-envs`` into the natively batched vector
-env with ``options={"indices": ...}`` (one batch = one round of K steps;
-:func:`agents.protocol.evaluate_agent`). Agents:
+The checkpoint (base, sp, hrl or static; a path or a shipped name) is the environment's
+backbone. Every agent routes the same images, each exactly once: all of ``--split``, or with
+``--limit`` a stratified sample of it (each class in its share, picked with ``--seed``; printed
+and in the JSON's ``subset``), reset in batches of ``--num-envs`` into the natively batched
+vector env with ``options={"indices": ...}`` (one batch = one round of K steps, no autoreset;
+:func:`agents.protocol.evaluate_agent`).
 
-- ``GateAgent``: the gate of an sp / hrl checkpoint, greedy (execute iff p > 0.5), or the
-  route of a static one (:class:`agents.static.RouteGate`);
-- ``AlwaysExecute``: the full network;
-- ``RandomSkip(p=...)``: each block executed with probability p (``--random-p``);
+Learned agents (one row each; the rows of one ``family`` are its operating points):
+
+- ``GateAgent``: the gate of an sp / hrl ``--checkpoint``, greedy (execute iff p > 0.5), or
+  the route of a static one (:class:`agents.static.RouteGate`);
+- ``SB3:<ALGO>``: a Stable-Baselines3 model (``--sb3``, ``--sb3-algo``), deterministic;
+- the entries of ``--manifest`` (YAML or JSON): ``agents:`` a list of ``{family, point, kind,
+  path}`` with ``kind`` one of ``sb3`` (+ ``algo``; a ``train/sb3.py`` zip), ``openloop``
+  (``train/open_loop.py``'s final.pt), ``gate`` (the gate of an sp / hrl checkpoint, a path
+  or shipped name, routing the env's backbone: e.g. ``train/hybrid.py --fresh-gate
+  --freeze-backbone --reward paper``, the paper's gate trained by RL alone) or ``skipnet`` (gate
+  and its own backbone, e.g. a hybrid-trained network: same images, another backbone).
+  ``env_steps`` and ``train_wall_s`` (training cost) are read from the run's ``val.json`` or
+  checkpoint, or given in the entry. A manifest may name the ``backbone`` (``--checkpoint`` wins).
+
+Baselines on the same backbone:
+
+- ``AlwaysExecute``: the full network (the reference line of the plot);
+- ``RandomSkip``: each block executed with probability p: the ``--random-p`` values, and with
+  ``--matched-random`` (default) one per learned agent at its rate of executed decisions;
 - ``FixedPattern.skip_last(k=...)``: the last k blocks of every stage skipped (``--skip-last``);
-- ``SB3:<ALGO>``: a Stable-Baselines3 model (``--sb3``, ``--sb3-algo``), deterministic.
+- ``StaticRoute``: with ``--static-routes``, the best static route within each learned
+  agent's FLOPs, chosen by greedy block dropping on the compared images (one greedy run;
+  :mod:`agents.static`).
 
-Per agent: top-1 ``accuracy``; ``flops_fraction`` (backbone MACs per image over the full
-network's, from the env's final info; no gate MACs); ``block_fraction`` (executed blocks over
-all blocks); ``return`` (mean episode return of the paper reward with ``--alpha``, by
-default the checkpoint's own training alpha: an hrl checkpoint's ``config["alpha"]``, else
-0.1); ``steps_per_s`` (environment steps per second, agent and environment together);
-``routing`` (:mod:`skipenv.training.routing`: blocks run per image, distinct routes, top route
-and its share, dynamic blocks), for the gate agent with its static control (its most common
-route run on every image, same backbone), printed as a second table.
+Per row: top-1 ``accuracy``, ``loss``; ``flops_fraction`` (backbone MACs per image over the
+full network's, from the env's final info; no agent or gate MACs); ``block_fraction``
+(executed blocks over all blocks); ``return`` (mean episode return of the paper reward with
+``--alpha``, by default the checkpoint's own training alpha: an hrl checkpoint's
+``config["alpha"]``, else 0.1); ``steps_per_s`` (env steps per second, agent and env
+together); ``routing`` (:mod:`skipenv.training.routing`: blocks run per image, distinct
+routes, top route and its share, dynamic blocks; for every learned agent with its static
+control: its most common route run on every image, same backbone), printed as a second table;
+``env_steps`` and ``train_wall_s`` for learned agents. ``--out DIR`` writes
+``leaderboard.md``, ``.csv``, ``.json`` and the Pareto plot ``leaderboard.png`` (one marker and
+line per family in the legend, the Pareto front of all rows, and on the whole val split the
+shipped models' registry numbers as grey reference points).
 
-The gate also runs inside the network (``forward_gated``,
+The checkpoint's gate also runs inside the network (``forward_gated``,
 :func:`agents.protocol.check_gate_agent`) on the same images: ``gate agent == batched
 forward: True`` when decisions and predictions match exactly (``gate_check`` in the JSON).
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import functools
+import importlib
+import io
+import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import tyro
+import yaml
 from gymnasium.vector import AutoresetMode
 
 from agents.baselines import AlwaysExecute, FixedPattern, RandomSkip
 from agents.gate_agent import GateAgent
+from agents.open_loop import OpenLoopAgent, load_open_loop
 from agents.protocol import (
     SB3_ALGOS,
     Agent,
@@ -58,26 +89,29 @@ from agents.protocol import (
     load_sb3,
     same_layout,
 )
-from agents.skipnet import load_backbone_and_gate
+from agents.skipnet import load_backbone_and_gate, load_skipnet
 from skipenv.data.sources import DataError
 from skipenv.data.splits import load_cifar10, per_class, stratified_subset
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
-from skipenv.models.checkpoint import CheckpointError
-from skipenv.models.pretrained import list_pretrained, pretrained_info
+from skipenv.models.checkpoint import CheckpointError, load_checkpoint
+from skipenv.models.pretrained import list_pretrained, pretrained_info, resolve_checkpoint
+from skipenv.models.resnet import SkipResNet
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.routing import format_routing_table, routing_stats, static_route_correct
 from skipenv.training.summary import images, print_summary
-from skipenv.utils import write_json
+from skipenv.utils import atomic_write, write_json
 
 GATE_AGENT = "GateAgent"
+REFERENCE = "AlwaysExecute"
+MANIFEST_KINDS = ("sb3", "openloop", "gate", "skipnet")
 
 
 @dataclass
 class Args:
-    checkpoint: str
+    checkpoint: str | None = None
     """a base, sp, hrl or static checkpoint (path or shipped name): the env's backbone; an
-    sp/hrl gate (a static route) is also an agent"""
+    sp/hrl gate (a static route) is also an agent (default: the manifest's backbone)"""
     split: str = "val"
     """CIFAR-10 split: val (the 5,000 held out of train), train, train-full or test"""
     data_dir: str | None = None
@@ -90,23 +124,35 @@ class Args:
     """route LIMIT images only (default: all): a stratified sample of the split, the same
     share of every class, picked with --seed (skipenv.data.splits.stratified_subset)"""
     seed: int = 0
-    """seeds RandomSkip and the env"""
+    """seeds RandomSkip, the env and the --limit sample"""
     alpha: float | None = None
     """alpha of the paper reward, for the return (default: the checkpoint's own training alpha
     for an hrl checkpoint, else 0.1)"""
     random_p: tuple[float, ...] = (0.9, 0.75, 0.5)
-    """p_execute of each RandomSkip agent (none: no RandomSkip)"""
+    """p_execute of each RandomSkip agent (none: no fixed-rate RandomSkip)"""
+    matched_random: bool = True
+    """a RandomSkip per learned agent, at its rate of executed decisions"""
     skip_last: tuple[int, ...] = (1, 2)
     """blocks skipped per stage by each FixedPattern.skip_last agent (none: no FixedPattern)"""
+    static_routes: bool = False
+    """the best static route (greedy on the compared images) at each learned agent's FLOPs
+    (needs agents.static)"""
     sb3: Path | None = None
     """a Stable-Baselines3 model zip to compare too"""
     sb3_algo: str = "ppo"
     """the class that saved --sb3: ppo, a2c, dqn, recurrentppo or maskableppo"""
+    manifest: Path | None = None
+    """a YAML/JSON list of saved agents (see the module doc)"""
+    from_json: Path | None = None
+    """re-write table and plot (--out, --plot) from a results JSON of this script, without
+    evaluating anything"""
     json: Path | None = None
     """write the results to this file"""
     plot: Path | None = None
-    """save an accuracy-vs-FLOPs plot here (needs matplotlib): the agents, their Pareto front,
-    and the shipped models' registry numbers as reference points (val split only)"""
+    """save the accuracy-vs-FLOPs plot here (needs matplotlib): a line per family, the Pareto
+    front, and the shipped models' registry numbers as reference points (whole val split)"""
+    out: Path | None = None
+    """write leaderboard.{md,csv,json,png} into this folder"""
     progress: bool = True
     """progress bars (tqdm, on stderr)"""
     threads: int | None = None
@@ -126,6 +172,22 @@ class Args:
             raise ValueError(
                 f"--sb3-algo must be one of {sorted(SB3_ALGOS)}, got {self.sb3_algo!r}"
             )
+        if self.checkpoint is None and self.manifest is None:
+            raise ValueError("pass --checkpoint (the env's backbone) or a --manifest naming one")
+
+
+@dataclass
+class Entry:
+    """An agent to run: its row name, family and operating point, and how it observes."""
+
+    name: str
+    family: str
+    point: str
+    agent: Agent
+    obs_mode: str = "vector"
+    learned: bool = False
+    config: EnvConfig | None = None  # another backbone than the env's (kind skipnet)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def checkpoint_alpha(payload: dict[str, Any], default: float = 0.1) -> float:
@@ -140,40 +202,222 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
-def add_routing(
-    runs: dict[str, AgentRun], env: SkipNetVectorEnv, batches: Sequence[np.ndarray]
-) -> None:
-    """Give every row ``routing`` (:mod:`skipenv.training.routing`); the gate agent's also holds
-    its static control: its most common route run on every image with the same backbone."""
-    episodes = env.episodes
-    for name, run in runs.items():
-        stats = routing_stats(torch.from_numpy(run.executed), accuracy=run.row["accuracy"])
-        if name == GATE_AGENT:
-            images = (
-                (
-                    episodes.inputs(i),  # B x 3 x H x W
-                    episodes.labels.index_select(0, torch.from_numpy(i).to(episodes.device)),  # B
-                )
-                for i in batches
+# ---------------------------------------------------------------------------- manifest
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A manifest's ``backbone`` and checked ``agents`` list.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: an entry without family, kind or path, or of an unknown kind.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"no manifest at {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    agents = data.get("agents") or []
+    for i, entry in enumerate(agents):
+        missing = [k for k in ("family", "kind", "path") if k not in entry]
+        if missing:
+            raise ValueError(f"{path}: agent {i} ({entry}) lacks {missing}")
+        if entry["kind"] not in MANIFEST_KINDS:
+            raise ValueError(
+                f"{path}: agent {i} has kind {entry['kind']!r}; use one of {MANIFEST_KINDS}"
             )
-            correct = static_route_correct(episodes.backbone, stats.route, images)  # M
-            stats = dataclasses.replace(stats, static_accuracy=int(correct.sum()) / len(correct))
-        run.row["routing"] = stats.to_dict()
+        if entry["kind"] == "sb3" and entry.get("algo") not in SB3_ALGOS:
+            raise ValueError(
+                f"{path}: agent {i} (sb3) needs algo: one of {sorted(SB3_ALGOS)}, got "
+                f"{entry.get('algo')!r}"
+            )
+    return {"backbone": data.get("backbone"), "agents": agents}
+
+
+def training_cost(
+    entry: dict[str, Any], payload: dict[str, Any] | None, num_decisions: int | None = None
+) -> dict[str, Any]:
+    """``env_steps`` and ``train_wall_s`` of a saved agent: the entry's own, else the run's
+    ``val.json`` beside it, else (openloop and gate checkpoints) its ``env_steps`` / ``step``
+    (a ``train/hybrid.py`` gate checkpoint: steps x ``batch_size`` images x ``num_decisions``)
+    and ``wall_s``."""
+    cost: dict[str, Any] = {"env_steps": entry.get("env_steps"), "train_wall_s": None}
+    cost["train_wall_s"] = entry.get("train_wall_s")
+    val = Path(entry["path"]).with_name("val.json")
+    if val.is_file():
+        saved = json.loads(val.read_text())
+        cost["env_steps"] = cost["env_steps"] or saved.get("env_steps")
+        cost["train_wall_s"] = cost["train_wall_s"] or saved.get("train_wall_s")
+    if payload is not None and entry["kind"] in ("openloop", "gate"):
+        # a run of train/open_loop.py, or of train/hybrid.py --fresh-gate --freeze-backbone,
+        # on this frozen backbone; a skipnet checkpoint's wall_s is its last training stage
+        # only, so it is not reported
+        steps = payload.get(
+            "env_steps", payload.get("step") if entry["kind"] == "openloop" else None
+        )
+        batch = payload.get("config", {}).get("batch_size")
+        if steps is None and entry["kind"] == "gate" and num_decisions and batch:
+            steps = int(payload["step"]) * int(batch) * num_decisions  # images x K decisions
+        cost["env_steps"] = cost["env_steps"] or steps
+        cost["train_wall_s"] = cost["train_wall_s"] or payload.get("wall_s")
+    return cost
+
+
+def manifest_entries(
+    manifest: dict[str, Any],
+    env: SkipNetVectorEnv,
+    config: EnvConfig,
+    space_of: Any,
+    device: torch.device,
+) -> list[Entry]:
+    """The learned agents of a manifest."""
+    backbone = env.backbone
+    channels = backbone.block_channels
+    out = []
+    for entry in manifest["agents"]:
+        kind, path = entry["kind"], Path(entry["path"])
+        point = str(entry.get("point", ""))
+        name = f"{entry['family']}({point})" if point else entry["family"]
+        payload, own_config = None, None
+        if kind == "sb3":
+            agent: Agent = load_sb3(path, entry["algo"], device)
+            obs_mode = agent.obs_mode
+            if not same_layout(agent.model.observation_space, space_of(obs_mode)):
+                raise ValueError(f"{path} observes another backbone's observations")
+        elif kind == "openloop":
+            payload, policy = load_open_loop(path, device)
+            obs_mode = "vector"
+            agent = OpenLoopAgent(policy, space_of("vector"), channels, device)
+        else:
+            path = resolve_checkpoint(entry["path"])  # a path or a shipped name
+            payload = load_checkpoint(path, ("sp", "hrl"), map_location=device)
+            model = load_skipnet(payload, map_location=device)
+            obs_mode = "vector"
+            if kind == "skipnet":  # its own backbone, the same images
+                own_config = dataclasses.replace(config, backbone=model.backbone)
+            elif not same_weights(model.backbone, backbone):
+                print(
+                    f"warning: {path}'s backbone differs from the env's; its gate routes the "
+                    "env's backbone here (use kind: skipnet for its own)"
+                )
+            agent = GateAgent(model.gate.eval(), space_of("vector"), channels, device=device)
+        meta = {
+            "kind": kind,
+            "path": str(path),
+            **training_cost(entry, payload, backbone.num_decisions),
+        }
+        out.append(Entry(name, entry["family"], point, agent, obs_mode, True, own_config, meta))
+    return out
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)
+
+
+# ---------------------------------------------------------------------------- baselines
+
+
+def p_execute_of(block_fraction: float, num_blocks: int) -> float:
+    """The per-decision execute rate that gives ``block_fraction`` (block 0 always runs)."""
+    return min(1.0, max(0.0, (block_fraction * num_blocks - 1) / (num_blocks - 1)))
+
+
+def static_entries(
+    args: Args,
+    env: SkipNetVectorEnv,
+    data: Any,
+    n: int,
+    budgets: list[tuple[str, float]],
+    device: torch.device,
+) -> list[Entry]:
+    """Best static routes (greedy on the compared images) at the given FLOPs budgets."""
+    try:
+        static = importlib.import_module("agents.static")
+    except ImportError:
+        print("no StaticRoute rows: agents.static (issue 12) is not in this checkout")
+        return []
+    batches = static.selection_batches(data, n, batch_size=args.num_envs, device=device)
+    lowest = max(min(b for _, b in budgets), 1e-3)
+    try:  # one greedy run down to the lowest budget holds the route of every higher one
+        result = static.greedy_static_route(env.backbone, batches, lowest, progress=args.progress)
+    except ValueError as err:  # below block 0 alone
+        print(f"no StaticRoute rows: {err}")
+        return []
+    out = []
+    for point, budget in budgets:
+        route = result.at(budget).route
+        agent = static.StaticRoute(env.single_observation_space, env.backbone.block_channels, route)
+        out.append(Entry(f"StaticRoute({point})", "StaticRoute (greedy)", point, agent))
+    return out
+
+
+# ---------------------------------------------------------------------------- report
+
+
+COLUMNS = (
+    ("agent", "agent", "{}"),
+    ("family", "family", "{}"),
+    ("point", "point", "{}"),
+    ("accuracy", "accuracy %", "{:.2f}"),
+    ("flops_fraction", "FLOPs %", "{:.1f}"),
+    ("block_fraction", "blocks %", "{:.1f}"),
+    ("distinct_routes", "routes", "{}"),
+    ("top_route_share", "top route %", "{:.1f}"),
+    ("num_dynamic", "dynamic blocks", "{}"),
+    ("env_steps", "env steps", "{:,}"),
+    ("train_wall_s", "train s", "{:.1f}"),
+    ("steps_per_s", "eval steps/s", "{:.0f}"),
+)
+PERCENT = {"accuracy", "flops_fraction", "block_fraction", "top_route_share"}
+
+
+def flat(row: dict[str, Any]) -> dict[str, Any]:
+    """A row with the routing summary (routes, top-route share, dynamic blocks) lifted up."""
+    routing = row.get("routing") or {}
+    return {
+        **row,
+        "distinct_routes": routing.get("distinct_routes"),
+        "top_route_share": routing.get("top_route_share"),
+        "num_dynamic": routing.get("num_dynamic"),
+    }
+
+
+def cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    value = flat(row).get(key)
+    if value is None or value == "":
+        return "-" if key not in ("point",) else ""
+    return fmt.format(100 * value if key in PERCENT else value)
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    width = max(len("agent"), *(len(r["agent"]) for r in rows))
-    lines = [
-        f"{'agent':<{width}}  {'accuracy':>8}  {'FLOPs %':>7}  {'blocks %':>8}  "
-        f"{'return':>8}  {'steps/s':>9}"
-    ]
-    for r in rows:
-        lines.append(
-            f"{r['agent']:<{width}}  {100 * r['accuracy']:>8.2f}  "
-            f"{100 * r['flops_fraction']:>7.1f}  {100 * r['block_fraction']:>8.1f}  "
-            f"{r['return']:>8.4f}  {r['steps_per_s']:>9.0f}"
+    """The rows as a plain-text table (printed)."""
+    table = [[title for _, title, _ in COLUMNS]]
+    table += [[cell(r, key, fmt) for key, _, fmt in COLUMNS] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i < 3 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(line, widths, strict=True))
         )
-    return "\n".join(lines)
+        for line in table
+    )
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(title for _, title, _ in COLUMNS) + " |"]
+    lines.append("|" + "|".join(" --- " if i < 3 else " ---: " for i in range(len(COLUMNS))) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r, key, fmt) for key, _, fmt in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_table(rows: Sequence[dict[str, Any]]) -> str:
+    keys = [k for k, _, _ in COLUMNS] + ["loss", "return"]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: flat(r).get(k) for k in keys})
+    return buf.getvalue()
 
 
 def require_matplotlib() -> None:
@@ -223,22 +467,32 @@ def plot(
     title: str,
     references: Sequence[dict[str, Any]] = (),
 ) -> None:
-    """Accuracy against FLOPs: one marker per agent (named in the legend), the agents' Pareto
-    front, and the shipped models (``references``, registry numbers) in grey."""
+    """Accuracy against FLOPs: one marker and line per family (its operating points in FLOPs
+    order, named in the legend), the plain network as a dashed reference line, the Pareto
+    front of all rows, and the shipped models (``references``, registry numbers) in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    markers = "osD^v<>phX"
-    for i, r in enumerate(rows):
-        x, y = 100 * r["flops_fraction"], 100 * r["accuracy"]
-        style = {"marker": "*", "s": 160} if r["agent"] == GATE_AGENT else {"s": 50}
-        style.setdefault("marker", markers[i % len(markers)])
-        ax.scatter([x], [y], label=r["agent"], zorder=3, **style)
+    markers = "o^sDv<>pP*Xh"
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    families: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        families.setdefault(r["family"], []).append(r)
+    colors = plt.get_cmap("tab20").colors  # one colour per family up to 20
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r["flops_fraction"])
+        xs = [100 * r["flops_fraction"] for r in members]
+        ys = [100 * r["accuracy"] for r in members]
+        if family == REFERENCE:
+            ax.axhline(ys[0], color="black", linestyle="--", linewidth=1, label="plain network")
+            ax.scatter(xs, ys, color="black", marker="s", zorder=3)
+            continue
+        color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family, linewidth=1.2, color=color)
     front = pareto_front([(100 * r["flops_fraction"], 100 * r["accuracy"]) for r in rows])
-    ax.plot(*zip(*front, strict=True), "k--", lw=1, zorder=2, label="Pareto front (agents)")
+    ax.plot(*zip(*front, strict=True), "k:", lw=1.5, zorder=2, label="Pareto front (all rows)")
     if references:
         xs = [100 * r["flops_fraction"] for r in references]
         ys = [100 * r["accuracy"] for r in references]
@@ -249,7 +503,7 @@ def plot(
             above = r["kind"] == "base"  # plain and SP sit together at 100%: one above, one below
             ax.annotate(short, (x, y), textcoords="offset points", xytext=(0, 6 if above else -11),
                         fontsize=7, color="grey", ha="center")  # fmt: skip
-    ax.set_xlabel("FLOPs (% of the full network's MACs)")
+    ax.set_xlabel("executed FLOPs (% of the full network's MACs)")
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -260,25 +514,99 @@ def plot(
     plt.close(fig)
 
 
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def title_of(results: dict[str, Any]) -> str:
+    name = Path(str(results["checkpoint"])).name
+    return (
+        f"agents on {name} (ResNet-{results['depth']}), {results['split']}, "
+        f"{results['num_images']} images; return with alpha {results['alpha']:g}"
+    )
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    """``leaderboard.{json,md,csv,png}`` in ``out``."""
+    rows, title = results["rows"], title_of(results)
+    write_json(out / "leaderboard.json", results)
+    write_text(out / "leaderboard.md", f"{title}\n\n" + markdown_table(rows))
+    write_text(out / "leaderboard.csv", csv_table(rows))
+    plot(rows, out / "leaderboard.png", title, results.get("references") or ())
+    print(f"wrote {out}/leaderboard.{{md,csv,json,png}}")
+
+
+def rewrite(args: Args) -> dict[str, Any]:
+    """``--from-json``: table and plot again from saved results."""
+    try:
+        if args.out is None and args.plot is None:
+            raise ValueError("--from-json needs --out or --plot: where to write")
+        require_matplotlib()
+        results = json.loads(Path(args.from_json).read_text())
+    except (FileNotFoundError, ImportError, ValueError) as err:
+        fail(str(err))
+    print(format_table(results["rows"]))
+    if args.plot is not None:
+        plot(results["rows"], args.plot, title_of(results), results.get("references") or ())
+    if args.out is not None:
+        write_outputs(results, args.out)
+    return results
+
+
+def add_routing(
+    runs: dict[str, tuple[Entry, AgentRun]],
+    env: SkipNetVectorEnv,
+    batches: Sequence[np.ndarray],
+) -> None:
+    """Give every row ``routing`` (:mod:`skipenv.training.routing`); a learned agent's also
+    holds its static control: its most common route run on every compared image with the
+    backbone it routed (the env's, or its own for kind ``skipnet``)."""
+    episodes = env.episodes
+    for entry, run in runs.values():
+        stats = routing_stats(torch.from_numpy(run.executed), accuracy=run.row["accuracy"])
+        if entry.learned:
+            backbone = entry.config.backbone if entry.config is not None else env.backbone
+            assert isinstance(backbone, SkipResNet)
+            pairs = (
+                (
+                    episodes.inputs(i),  # B x 3 x H x W
+                    episodes.labels.index_select(0, torch.from_numpy(i).to(episodes.device)),  # B
+                )
+                for i in batches
+            )
+            correct = static_route_correct(backbone, stats.route, pairs)  # M
+            stats = dataclasses.replace(stats, static_accuracy=int(correct.sum()) / len(correct))
+        run.row["routing"] = stats.to_dict()
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = tyro.cli(Args, args=argv, description=__doc__)
+    if args.from_json is not None:
+        return rewrite(args)
 
-    # backbone, gate, data, optional SB3 model
+    # manifest, backbone, gate, data, optional SB3 model
     try:
         args.check()
-        if args.plot is not None:
+        manifest = read_manifest(args.manifest) if args.manifest is not None else None
+        checkpoint = args.checkpoint or (manifest or {}).get("backbone")
+        if checkpoint is None:
+            raise ValueError(f"{args.manifest} names no backbone: pass --checkpoint")
+        if args.plot is not None or args.out is not None:
             require_matplotlib()
         device = resolve_device(args.device)
         set_threads(args.threads)
         if device.type == "cpu":
             tune_cpu_allocator()
-        payload, backbone, gate = load_backbone_and_gate(args.checkpoint, device)
+        payload, backbone, gate = load_backbone_and_gate(checkpoint, device)
         sb3 = load_sb3(args.sb3, args.sb3_algo, device) if args.sb3 is not None else None
         data = load_cifar10(args.split, args.data_dir, progress=args.progress)
     except (CheckpointError, DataError, FileNotFoundError, ImportError, ValueError) as err:
         fail(str(err))
 
-    # the images, in batches of B; one vector env per (obs_mode, B)
+    # the images, in batches of B; one vector env per (backbone, obs_mode, B)
     if args.limit is None or args.limit >= len(data):
         indices = np.arange(len(data), dtype=np.int64)  # M
     else:  # never the first LIMIT: a split is ordered by class
@@ -297,22 +625,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = EnvConfig(backbone=backbone, data=data, device=device, alpha=alpha)
 
     @functools.cache
-    def make_env(num_envs: int, obs_mode: str = "vector") -> SkipNetVectorEnv:
+    def make_env_of(
+        env_config: EnvConfig, num_envs: int, obs_mode: str = "vector"
+    ) -> SkipNetVectorEnv:
         # every round is reset with its own images: no autoreset
         return SkipNetVectorEnv(
-            num_envs, config, obs_mode=obs_mode, autoreset_mode=AutoresetMode.DISABLED
+            num_envs, env_config, obs_mode=obs_mode, autoreset_mode=AutoresetMode.DISABLED
         )
+
+    def make_env(num_envs: int, obs_mode: str = "vector") -> SkipNetVectorEnv:
+        return make_env_of(config, num_envs, obs_mode)
+
+    def space_of(obs_mode: str) -> Any:
+        return make_env(len(batches[0]), obs_mode).single_observation_space
 
     env = make_env(len(batches[0]))
     space, channels = env.single_observation_space, backbone.block_channels
-    where = ", ".join(str(p) for p in (args.json, args.plot) if p is not None)
+    where = ", ".join(str(p) for p in (args.json, args.plot, args.out) if p is not None)
     print_summary(
-        f"scripts/compare_agents.py: agents routing images through {args.checkpoint} "
+        f"scripts/compare_agents.py: agents routing images through {checkpoint} "
         f"({payload['kind']}, ResNet-{backbone.depth}, {env.num_blocks} blocks, "
         f"K = {env.num_decisions}) as SkipNet-CIFAR10-v0",
         device=device,
-        data=images(n, args.split) + (f", first {n} of {len(data)}" if n < len(data) else ""),
+        data=images(n, args.split) + (f", {n} of {len(data)}" if n < len(data) else ""),
         steps=f"{len(batches)} rounds of K = {env.num_decisions} steps, <= {args.num_envs} envs",
+        agents=f"manifest {args.manifest}" if args.manifest is not None else "flags only",
         out=where or "stdout only",
         reward=f"paper, alpha {alpha:g}"
         + (
@@ -328,51 +665,88 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             + ", ".join(f"{c} {k}" for c, k in subset["per_class"].items())
         )
 
-    # the agents: name, agent, observation mode
-    agents: list[tuple[str, Agent, str]] = []
+    # learned agents
+    entries: list[Entry] = []
     gate_error = None
     if gate is not None:
         try:
-            agents.append((GATE_AGENT, GateAgent(gate, space, channels, device=device), "vector"))
+            agent = GateAgent(gate, space, channels, device=device)
+            entries.append(Entry(GATE_AGENT, "checkpoint gate", "", agent, learned=True))
         except TypeError as err:  # a feedforward gate: needs the full activation map
             gate_error = str(err)
             print(f"no gate agent: {gate_error}")
-    agents.append(("AlwaysExecute", AlwaysExecute(space, channels), "vector"))
-    for i, p in enumerate(args.random_p):
-        agent = RandomSkip(space, channels, p_execute=p, seed=args.seed + i)
-        agents.append((f"RandomSkip(p={p:g})", agent, "vector"))
-    for k in args.skip_last:
-        agent = FixedPattern.skip_last(space, channels, k)
-        agents.append((f"FixedPattern.skip_last(k={k})", agent, "vector"))
     if sb3 is not None:
-        sb3_space = make_env(len(batches[0]), sb3.obs_mode).single_observation_space
-        if not same_layout(sb3.model.observation_space, sb3_space):
+        if not same_layout(sb3.model.observation_space, space_of(sb3.obs_mode)):
             fail(
                 f"the SB3 model {args.sb3} observes {sb3.model.observation_space}, but this "
-                f"env's obs_mode={sb3.obs_mode!r} gives {sb3_space}: was it trained on a "
-                "backbone of another depth or widths?"
+                f"env's obs_mode={sb3.obs_mode!r} gives {space_of(sb3.obs_mode)}: was it trained "
+                "on a backbone of another depth or widths?"
             )
-        agents.append((f"SB3:{SB3_ALGOS[args.sb3_algo][1]}", sb3, sb3.obs_mode))
+        name = f"SB3:{SB3_ALGOS[args.sb3_algo][1]}"
+        entries.append(Entry(name, name, "", sb3, sb3.obs_mode, learned=True))
+    if manifest is not None:
+        try:
+            entries += manifest_entries(manifest, env, config, space_of, device)
+        except (CheckpointError, FileNotFoundError, ValueError) as err:
+            fail(str(err))
 
-    # run them, and check the gate agent against the batched forward
-    runs: dict[str, AgentRun] = {}
-    for name, agent, obs_mode in agents:
-        runs[name] = evaluate_agent(
-            name,
-            agent,
-            functools.partial(make_env, obs_mode=obs_mode),
+    runs: dict[str, tuple[Entry, AgentRun]] = {}
+
+    def run(entry: Entry) -> None:
+        # the same images; kind skipnet through its own backbone
+        env_config = entry.config if entry.config is not None else config
+        result = evaluate_agent(
+            entry.name,
+            entry.agent,
+            functools.partial(make_env_of, env_config, obs_mode=entry.obs_mode),
             batches,
             seed=args.seed,
             progress=args.progress,
         )
+        runs[entry.name] = (entry, result)
+
+    for entry in entries:
+        run(entry)
+
+    # baselines on the same backbone
+    baselines = [Entry(REFERENCE, REFERENCE, "p=1", AlwaysExecute(space, channels))]
+    for i, p in enumerate(args.random_p):
+        agent = RandomSkip(space, channels, p_execute=p, seed=args.seed + i)
+        baselines.append(Entry(f"RandomSkip(p={p:g})", "RandomSkip", f"p={p:g}", agent))
+    learned = [runs[e.name] for e in entries if e.config is None]
+    if args.matched_random:
+        for i, (e, r) in enumerate(learned):
+            p = p_execute_of(r.row["block_fraction"], env.num_blocks)
+            agent = RandomSkip(space, channels, p_execute=p, seed=args.seed + 100 + i)
+            name = f"RandomSkip(p={p:.3f}, matched to {e.name})"
+            baselines.append(Entry(name, "RandomSkip (matched)", f"p={p:.3f}", agent))
+    for k in args.skip_last:
+        agent = FixedPattern.skip_last(space, channels, k)
+        baselines.append(Entry(f"FixedPattern.skip_last(k={k})", "FixedPattern.skip_last",
+                               f"k={k}", agent))  # fmt: skip
+    if args.static_routes and learned:
+        budgets = [(f"{100 * r.row['flops_fraction']:.1f}%", r.row["flops_fraction"])
+                   for _, r in learned]  # fmt: skip
+        baselines += static_entries(args, env, data, n, budgets, device)
+    for entry in baselines:
+        run(entry)
     gate_check = None
     if GATE_AGENT in runs and gate is not None:
-        gate_check = check_gate_agent(runs[GATE_AGENT], env, gate, batches)
-
-    add_routing(runs, env, batches)  # issue 12: per-image routing diagnostics
+        gate_check = check_gate_agent(runs[GATE_AGENT][1], env, gate, batches)
+    add_routing(runs, env, batches)  # issue 12: per-image routing diagnostics, static controls
 
     # report
-    rows = sorted((r.row for r in runs.values()), key=lambda r: r["flops_fraction"])
+    rows = []
+    for entry, result in runs.values():
+        row = {**result.row, "family": entry.family, "point": entry.point}
+        row["env_steps"] = entry.meta.get("env_steps")
+        row["train_wall_s"] = entry.meta.get("train_wall_s")
+        if entry.meta:
+            row["source"] = {k: entry.meta[k] for k in ("kind", "path")}
+        if entry.config is not None:
+            row["backbone"] = "own"
+        rows.append(row)
+    rows.sort(key=lambda r: r["flops_fraction"])
     print(format_table(rows))
     print(format_routing_table([(r["agent"], r["routing"]) for r in rows]))
     if gate_check is not None:
@@ -385,7 +759,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 f"{gate_check['accuracy_batched']:.4f} (batched)"
             )
     results = {
-        "checkpoint": str(args.checkpoint),
+        "checkpoint": str(checkpoint),
         "kind": payload["kind"],
         "depth": backbone.depth,
         "split": args.split,
@@ -394,21 +768,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "num_envs": args.num_envs,
         "alpha": alpha,
         "device": str(device),
+        "manifest": None if args.manifest is None else str(args.manifest),
         "rows": rows,
         "gate_agent_equals_batched_forward": None if gate_check is None else gate_check["equal"],
         "gate_check": gate_check,
         "gate_agent_error": gate_error,
+        # the shipped models as reference points: registry numbers on the whole val split
+        "references": reference_points(args.split, backbone.depth) if n == len(data) else [],
     }
     if args.json is not None:
         write_json(args.json, results)
     if args.plot is not None:
-        name = Path(args.checkpoint).name
-        title = (
-            f"agents on {name} (ResNet-{backbone.depth}), {args.split}, {n} images; "
-            f"return with alpha {alpha:g}"
-        )
-        refs = reference_points(args.split, backbone.depth) if n == len(data) else []
-        plot(rows, args.plot, title, refs)
+        plot(rows, args.plot, title_of(results), results["references"])
+    if args.out is not None:
+        write_outputs(results, args.out)
     return results
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -85,7 +86,9 @@ def test_compare_on_sp_checkpoint(
     assert saved["gate_agent_equals_batched_forward"] is True
     assert saved["gate_check"]["decisions_equal"] and saved["gate_check"]["predictions_equal"]
     rows = {r["agent"]: r for r in saved["rows"]}
-    assert set(rows) == {
+    matched = [name for name in rows if name.startswith("RandomSkip(p=") and "matched" in name]
+    assert len(matched) == 1 and matched[0].endswith("matched to GateAgent)")
+    assert set(rows) - set(matched) == {
         "GateAgent",
         "AlwaysExecute",
         "RandomSkip(p=0.9)",
@@ -95,14 +98,19 @@ def test_compare_on_sp_checkpoint(
         "FixedPattern.skip_last(k=2)",
     }
     for row in saved["rows"]:
-        assert set(row) == {
+        assert set(row) >= {
             "agent",
+            "family",
+            "point",
             "accuracy",
+            "loss",
             "flops_fraction",
             "block_fraction",
             "return",
             "steps_per_s",
             "routing",  # issue 12: tests/test_routing_scripts.py checks its values
+            "env_steps",
+            "train_wall_s",
         }
         assert 0.0 <= row["accuracy"] <= 1.0
         assert 0.0 < row["flops_fraction"] <= 1.0 + 1e-9
@@ -149,7 +157,12 @@ def test_limit_and_sb3_recurrent_model(
     )
     assert results["num_images"] == 6
     names = {r["agent"] for r in results["rows"]}
-    assert names == {"GateAgent", "AlwaysExecute", "SB3:RecurrentPPO"}
+    assert {n for n in names if "matched" not in n} == {
+        "GateAgent",
+        "AlwaysExecute",
+        "SB3:RecurrentPPO",
+    }
+    assert len(names) == 5  # a RandomSkip at each learned agent's rate
     assert results["gate_agent_equals_batched_forward"] is True
     for row in results["rows"]:
         assert 0.0 <= row["accuracy"] <= 1.0
@@ -208,3 +221,78 @@ def test_sb3_model_of_another_backbone_is_refused(
     with pytest.raises(SystemExit):
         compare.main([*common_args(sp_checkpoint, data_root), "--sb3", str(tmp_path / "ppo")])
     assert "trained on a backbone of another depth" in capsys.readouterr().err
+
+
+def test_leaderboard_from_manifest(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Tiny saved agents at two operating points each -> table (md, csv), JSON and a PNG."""
+    from PIL import Image
+
+    sb3 = load_script("train/sb3.py")
+    open_loop = load_script("train/open_loop.py")
+    common = ["--checkpoint", str(sp_checkpoint), "--data-dir", str(data_root)]
+    common += ["--device", "cpu", "--num-envs", "4", "--no-progress", "--total-steps", "40"]
+    agents = []
+    for alpha in ("0.1", "2"):
+        out = tmp_path / f"ppo-{alpha}"
+        sb3.main([*common, "--alpha", alpha, "--out", str(out), "--hp", "n_steps=5",
+                  "batch_size=10", "n_epochs=1"])  # fmt: skip
+        agents.append({"family": "PPO", "point": f"alpha={alpha}", "kind": "sb3", "algo": "ppo",
+                       "path": str(out / "final.zip")})  # fmt: skip
+        out = tmp_path / f"ol-{alpha}"
+        open_loop.main([*common, "--alpha", alpha, "--out", str(out)])
+        agents.append({"family": "OpenLoop", "point": f"alpha={alpha}", "kind": "openloop",
+                       "path": str(out / "final.pt")})  # fmt: skip
+    agents.append({"family": "SP gate", "kind": "gate", "path": str(sp_checkpoint)})
+    agents.append({"family": "SP net", "kind": "skipnet", "path": str(sp_checkpoint),
+                   "env_steps": 123, "train_wall_s": 4.5})  # fmt: skip
+    manifest = tmp_path / "agents.yml"
+    manifest.write_text(json.dumps({"backbone": str(sp_checkpoint), "agents": agents}))
+    capsys.readouterr()
+
+    out = tmp_path / "board"
+    results = compare.main(
+        ["--manifest", str(manifest), "--data-dir", str(data_root), "--device", "cpu",
+         "--num-envs", "8", "--no-progress", "--random-p", "--skip-last", "1", "--out", str(out)]
+    )  # fmt: skip
+    rows = {r["agent"]: r for r in results["rows"]}
+    learned = ["PPO(alpha=0.1)", "PPO(alpha=2)", "OpenLoop(alpha=0.1)", "OpenLoop(alpha=2)"]
+    for name in learned:
+        assert rows[name]["env_steps"] >= 40 and rows[name]["train_wall_s"] > 0
+        assert rows[name]["source"]["kind"] in ("sb3", "openloop")
+    assert rows["SP net"]["env_steps"] == 123 and rows["SP net"]["backbone"] == "own"
+    # the gate on the env's backbone (the same weights here) == the checkpoint's own gate
+    assert (
+        rows["SP gate"]["accuracy"] == rows["GateAgent"]["accuracy"] == rows["SP net"]["accuracy"]
+    )
+    matched = [r for r in results["rows"] if r["family"] == "RandomSkip (matched)"]
+    assert len(matched) == 6  # GateAgent, SP gate, 2 PPO, 2 OpenLoop (not SP net: own backbone)
+    assert {"AlwaysExecute", "FixedPattern.skip_last(k=1)"} <= set(rows)
+
+    saved = json.loads((out / "leaderboard.json").read_text())
+    assert saved["rows"] == results["rows"] and saved["manifest"] == str(manifest)
+    md = (out / "leaderboard.md").read_text()
+    assert all(f"| {name} |" in md for name in learned)
+    with (out / "leaderboard.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
+    with Image.open(out / "leaderboard.png") as png:
+        assert png.format == "PNG" and png.size[0] > 400
+    assert "wrote" in capsys.readouterr().out
+
+    # table and plot again from the JSON alone: the same table, a fresh PNG
+    again = tmp_path / "again"
+    compare.main(["--from-json", str(out / "leaderboard.json"), "--out", str(again)])
+    assert (again / "leaderboard.md").read_text() == md
+    assert (again / "leaderboard.csv").read_text() == (out / "leaderboard.csv").read_text()
+    assert (again / "leaderboard.png").stat().st_size > 0
+
+
+def test_bad_manifest_is_a_clear_error(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = tmp_path / "agents.yml"
+    manifest.write_text("backbone: x\nagents:\n  - {family: A, kind: magic, path: a.pt}\n")
+    with pytest.raises(SystemExit):
+        compare.main(["--manifest", str(manifest), "--data-dir", str(data_root), "--no-progress"])
+    assert "kind 'magic'" in capsys.readouterr().err

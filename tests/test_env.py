@@ -268,6 +268,7 @@ def test_rewards_by_hand(tiny_model):
     assert info["macs"] == int(table.backbone_macs(executed)[0])
     assert info["flops_fraction"] == pytest.approx(float(table.flops_fraction(executed)[0]))
     assert info["prediction"] == int(logits.argmax()) and info["correct"] == bool(correct)
+    assert info["loss"] == pytest.approx(ce, rel=1e-5)
 
 
 def test_info_keys_and_types(tiny_model):
@@ -283,8 +284,9 @@ def test_info_keys_and_types(tiny_model):
         assert set(info) == base and not terminated
     np.testing.assert_array_equal(info["executed"], [True, True, False, True, False, False])
     _, _, terminated, _, info = env.step(1)
-    assert terminated and set(info) == base | {"prediction", "correct"}
+    assert terminated and set(info) == base | {"prediction", "correct", "loss"}
     assert isinstance(info["prediction"], int) and isinstance(info["correct"], bool)
+    assert isinstance(info["loss"], float) and info["loss"] >= 0
     assert info["correct"] == (info["prediction"] == info["label"])
     assert info["next_block"] == 6
 

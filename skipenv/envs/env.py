@@ -94,7 +94,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     Every reset and step: ``index`` (image index in the split), ``label``, ``macs`` (MACs
     spent so far), ``flops_fraction`` (their fraction of the full network's), ``executed``
     (bool array of N, blocks run so far; undecided ones False) and ``next_block``. The last
-    step adds ``prediction`` and ``correct``.
+    step adds ``prediction``, ``correct`` and ``loss`` (cross-entropy of the prediction).
 
     ## Arguments
 

@@ -201,6 +201,7 @@ class Episodes:
         self.executed = np.zeros((0, self.num_blocks), dtype=bool)  # B x N
         self.macs = np.zeros(0, dtype=np.int64)  # B
         self.prediction: np.ndarray | None = None  # B int64, after the last step
+        self.loss: np.ndarray | None = None  # B float64 cross-entropy, after the last step
 
     @property
     def num_blocks(self) -> int:
@@ -248,7 +249,7 @@ class Episodes:
             self.executed[:, 0] = True
             first = self.macs_table.stem + self.macs_table.block_execute[0]
             self.macs = np.full(b, first, dtype=np.int64)
-            self.prediction = None
+            self.prediction = self.loss = None
             obs = self._observe(self._route.h)
         return obs, self._info()
 
@@ -278,6 +279,7 @@ class Episodes:
                 self._route = None
                 self.macs += self.macs_table.head
                 self.prediction = final[:, 1].astype(np.int64)
+                self.loss = final[:, 0].astype(np.float64)
             obs = self._observe(route.h)
 
         if self.reward == "paper":
@@ -343,6 +345,7 @@ class Episodes:
         if self.prediction is not None:
             info["prediction"] = self.prediction.copy()
             info["correct"] = self.prediction == info["label"]
+            info["loss"] = self.loss.copy()
         return info
 
 

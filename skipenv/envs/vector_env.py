@@ -40,13 +40,13 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
       what follows depends on ``autoreset_mode`` (``metadata["autoreset_mode"]``):
 
       * ``NEXT_STEP`` (default, as Gymnasium's own vector envs): the step that ends the
-        episodes returns their terminal observations, and its info holds ``prediction`` and
-        ``correct``; the next ``step`` ignores its actions and starts ``num_envs`` new episodes
-        (reward 0, ``terminated`` and ``truncated`` False, the info of the reset).
+        episodes returns their terminal observations, and its info holds ``prediction``,
+        ``correct`` and ``loss``; the next ``step`` ignores its actions and starts ``num_envs``
+        new episodes (reward 0, ``terminated`` and ``truncated`` False, the info of the reset).
       * ``SAME_STEP`` (what Stable-Baselines3 expects; :mod:`skipenv.envs.sb3` asks for it):
         the step that ends the episodes already returns the observations of new ones; the
         terminal observations are in ``info["final_obs"]`` (object array, one observation per
-        environment) and the terminal infos (with ``prediction`` and ``correct``) in
+        environment) and the terminal infos (with ``prediction``, ``correct`` and ``loss``) in
         ``info["final_info"]``.
       * ``DISABLED``: the step that ends the episodes returns their terminal observations and
         info; call ``reset()`` before the next ``step`` (``options={"reset_mask": m}`` is
