@@ -22,7 +22,7 @@ import torch
 from gymnasium import spaces
 from tqdm.auto import tqdm
 
-from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv, last_step_info
 from skipenv.models.gating import Gate
 
 #: ``--sb3-algo`` names -> (module, class).
@@ -170,7 +170,7 @@ def evaluate_agent(
         seconds += time.perf_counter() - started
         if not terminated.all():
             raise RuntimeError(f"episodes did not end after K = {env.num_decisions} steps")
-        final = info["final_info"]
+        final = last_step_info(info)  # the terminal step's info, in any autoreset mode
         steps += len(indices) * env.num_decisions
         returns.append(total)
         correct.append(final["correct"])

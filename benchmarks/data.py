@@ -20,7 +20,6 @@ hand, never in CI:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.utils import write_json
 
 
 def sync(device: torch.device) -> None:
@@ -190,8 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nthe loader makes {ratio:.1f} batches per training step: {verdict}")
 
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
     return 0
 

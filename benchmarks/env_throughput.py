@@ -25,7 +25,6 @@ Each timed repeat runs whole episodes (at least ``--min-episodes``, and at least
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -44,6 +43,7 @@ from skipenv.envs.sb3 import SB3VecEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.resnet import SkipResNet, build_resnet
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.utils import write_json
 
 EXECUTE_RATE = 0.5  # random policy: p(execute) per decided block
 
@@ -285,13 +285,13 @@ def main() -> None:
         sync.close()
     if "native" not in args.skip:
         for n in args.native_envs:
-            native = SkipNetVectorEnv(n, **env_kwargs)
+            native = SkipNetVectorEnv(n, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs)
             eps = episodes_for(n, k, args.min_episodes, args.min_steps)
             add("native", n, bench_vector(native, k, eps, *common), eps)
             native.close()
     if "sb3" not in args.skip:
         n = max(args.native_envs)
-        venv = SB3VecEnv(SkipNetVectorEnv(n, **env_kwargs))
+        venv = SB3VecEnv(SkipNetVectorEnv(n, autoreset_mode=AutoresetMode.SAME_STEP, **env_kwargs))
         eps = episodes_for(n, k, args.min_episodes, args.min_steps)
         add("sb3-native", n, bench_sb3(venv, k, eps, *common), eps)
         venv.close()
@@ -311,8 +311,7 @@ def main() -> None:
         ratio = native / rate[("sync", args.sync_envs)]
         print(f"native256 / sync{args.sync_envs} = {ratio:.2f}    (target >= 3: {ratio >= 3})")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
 
 

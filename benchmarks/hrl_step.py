@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import json
 import random
 import statistics
 import sys
@@ -46,8 +45,11 @@ from agents.reinforce import greedy_routes, hrl_step_loss, hybrid_loss
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.gating import FixedGate
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
+from skipenv.utils import write_json
 
 
 class Phases:
@@ -101,6 +103,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
+    try:
+        checkpoint = resolve_checkpoint(args.checkpoint)
+    except CheckpointError as err:
+        parser.error(str(err))
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -108,7 +114,7 @@ def main() -> None:
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last
-    skipnet = load_skipnet(args.checkpoint, map_location=device).to(memory_format=fmt)
+    skipnet = load_skipnet(checkpoint, map_location=device).to(memory_format=fmt)
     plain = copy.deepcopy(skipnet.backbone)  # same weights, every block run
     masked = copy.deepcopy(skipnet)
     if args.synthetic:
@@ -288,10 +294,7 @@ def main() -> None:
         for phase, ms in ph.items():
             print(f"    {phase:32s} {ms:8.1f}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        json.loads(args.json.read_text())  # readable by its own reader
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
 
 
 if __name__ == "__main__":

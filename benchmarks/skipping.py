@@ -22,7 +22,6 @@ all-execute skip path).
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
@@ -34,6 +33,7 @@ import torch
 from skipenv.models.flops import MacsTable
 from skipenv.models.resnet import build_resnet
 from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.utils import write_json
 
 
 def rate_for_fraction(table: MacsTable, fraction: float) -> float:
@@ -179,8 +179,7 @@ def main() -> None:
     print(f"\nskip: time_ratio <= flops_fraction + 0.10 everywhere: {skip_ok}")
     print(f"masked: time_ratio >= 1.0 everywhere: {mask_ok}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+        write_json(args.json, rows)
         print(f"wrote {args.json}")
 
 

@@ -5,9 +5,10 @@
         --sb3 runs/ppo/model.zip --sb3-algo ppo --json compare.json --plot compare.png
 
 The checkpoint (base, sp, hrl or static; a path or a shipped name) is the environment's
-backbone. Every agent routes the same images, each exactly once: the first ``--limit`` images
-of ``--split`` (default all), reset in batches of ``--num-envs`` into the natively batched
-vector env with ``options={"indices": ...}`` (one batch = one round of K steps;
+backbone. Every agent routes the same images, each exactly once: all of ``--split``, or with
+``--limit`` a stratified sample of it (each class in its share, picked with ``--seed``;
+printed and in the JSON's ``subset``), reset in batches of ``--num-envs`` into the natively
+batched vector env with ``options={"indices": ...}`` (one batch = one round of K steps;
 :func:`agents.protocol.evaluate_agent`). Agents:
 
 - ``GateAgent``: the gate of an sp / hrl checkpoint, greedy (execute iff p > 0.5), or the
@@ -35,7 +36,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import torch
 import tyro
+from gymnasium.vector import AutoresetMode
 
 from agents.baselines import AlwaysExecute, FixedPattern, RandomSkip
 from agents.gate_agent import GateAgent
@@ -59,7 +60,7 @@ from agents.protocol import (
 )
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.sources import DataError
-from skipenv.data.splits import load_cifar10
+from skipenv.data.splits import load_cifar10, per_class, stratified_subset
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
@@ -67,6 +68,7 @@ from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.routing import format_routing_table, routing_stats, static_route_correct
 from skipenv.training.summary import images, print_summary
+from skipenv.utils import write_json
 
 GATE_AGENT = "GateAgent"
 
@@ -85,7 +87,8 @@ class Args:
     num_envs: int = 500
     """B: images routed together in one round of K steps"""
     limit: int | None = None
-    """use the first LIMIT images of the split only (default: all)"""
+    """route LIMIT images only (default: all): a stratified sample of the split, the same
+    share of every class, picked with --seed (skipenv.data.splits.stratified_subset)"""
     seed: int = 0
     """seeds RandomSkip and the env"""
     alpha: float | None = None
@@ -276,15 +279,29 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail(str(err))
 
     # the images, in batches of B; one vector env per (obs_mode, B)
-    n = len(data) if args.limit is None else min(args.limit, len(data))
-    indices = np.arange(n, dtype=np.int64)
+    if args.limit is None or args.limit >= len(data):
+        indices = np.arange(len(data), dtype=np.int64)  # M
+    else:  # never the first LIMIT: a split is ordered by class
+        indices = stratified_subset(data.labels, args.limit, seed=args.seed).numpy()  # M'
+    n = len(indices)
+    counts = per_class(data.labels[torch.from_numpy(indices)], len(data.classes))
+    subset = {
+        "images": n,
+        "of": len(data),
+        "stratified": n < len(data),
+        "seed": args.seed if n < len(data) else None,
+        "per_class": dict(zip(data.classes, counts, strict=True)),
+    }
     batches = [indices[i : i + args.num_envs] for i in range(0, n, args.num_envs)]
     alpha = args.alpha if args.alpha is not None else checkpoint_alpha(payload)
     config = EnvConfig(backbone=backbone, data=data, device=device, alpha=alpha)
 
     @functools.cache
     def make_env(num_envs: int, obs_mode: str = "vector") -> SkipNetVectorEnv:
-        return SkipNetVectorEnv(num_envs, config, obs_mode=obs_mode)
+        # every round is reset with its own images: no autoreset
+        return SkipNetVectorEnv(
+            num_envs, config, obs_mode=obs_mode, autoreset_mode=AutoresetMode.DISABLED
+        )
 
     env = make_env(len(batches[0]))
     space, channels = env.single_observation_space, backbone.block_channels
@@ -304,6 +321,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             else ""
         ),
     )
+    if subset["stratified"]:
+        print(
+            f"a stratified sample of {n} of the {len(data)} {args.split} images (seed "
+            f"{args.seed}), per class: "
+            + ", ".join(f"{c} {k}" for c, k in subset["per_class"].items())
+        )
 
     # the agents: name, agent, observation mode
     agents: list[tuple[str, Agent, str]] = []
@@ -367,6 +390,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "depth": backbone.depth,
         "split": args.split,
         "num_images": n,
+        "subset": subset,
         "num_envs": args.num_envs,
         "alpha": alpha,
         "device": str(device),
@@ -376,8 +400,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "gate_agent_error": gate_error,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     if args.plot is not None:
         name = Path(args.checkpoint).name
         title = (

@@ -3,6 +3,10 @@ id, and loading the entry-point scripts."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -16,6 +20,53 @@ from skipenv.utils import import_script
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_ID = skipenv.ENV_ID
+
+# ---------------------------------------------------------------------------- the sandbox
+# The suite writes only inside temporary folders: HOME, XDG_CACHE_HOME and SKIPNET_CACHE point
+# into one for the whole session, set when pytest starts (pytest_configure, before any test
+# module is imported, so environments copied from os.environ for subprocesses at import time
+# get them too) and checked by an autouse session fixture.
+
+SANDBOX_VARS = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "SKIPNET_CACHE")
+#: The user's values of SANDBOX_VARS before the session (None: unset), for the test that
+#: proves nothing is written under the real ones.
+REAL_ENV: dict[str, str | None] = {}
+_SANDBOX: list[Path] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _SANDBOX:
+        return
+    sandbox = Path(tempfile.mkdtemp(prefix="skipnet-gym-tests-"))
+    _SANDBOX.append(sandbox)
+    for var in SANDBOX_VARS:
+        REAL_ENV[var] = os.environ.get(var)
+    os.environ["HOME"] = str(sandbox / "home")
+    os.environ["XDG_CACHE_HOME"] = str(sandbox / "home" / ".cache")
+    os.environ["XDG_CONFIG_HOME"] = str(sandbox / "home" / ".config")
+    os.environ["XDG_DATA_HOME"] = str(sandbox / "home" / ".local" / "share")
+    os.environ["SKIPNET_CACHE"] = str(sandbox / "skipnet-cache")
+    (sandbox / "home").mkdir()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for var, value in REAL_ENV.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    while _SANDBOX:
+        shutil.rmtree(_SANDBOX.pop(), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sandbox() -> Iterator[Path]:
+    """The session's temporary folder that HOME, the XDG folders and SKIPNET_CACHE point into
+    (set by pytest_configure, before any test module was imported)."""
+    root = _SANDBOX[0]
+    for var in SANDBOX_VARS:
+        assert Path(os.environ[var]).is_relative_to(root), (var, os.environ[var])
+    yield root
 
 
 def synthetic_split(n: int = 20, seed: int = 0) -> CifarSplit:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
+from gymnasium.vector import AutoresetMode
 
 from agents.baselines import AlwaysExecute, FixedPattern, FlopsBudget, RandomSkip, stages
 from agents.gate_agent import GateAgent
@@ -259,7 +260,14 @@ def test_agent_drives_vector_env_like_forward_gated(
 ) -> None:
     backbone, data, gate = env_setup
     n = len(data)
-    venv = SkipNetVectorEnv(n, backbone=backbone, data=data, device="cpu", obs_mode=obs_mode)
+    venv = SkipNetVectorEnv(
+        n,
+        backbone=backbone,
+        data=data,
+        device="cpu",
+        obs_mode=obs_mode,
+        autoreset_mode=AutoresetMode.SAME_STEP,
+    )
     ref = reference(venv.backbone, data, gate)
     agent = GateAgent(gate, venv.single_observation_space, venv.backbone.block_channels)
     agent.reset(num_envs=n)

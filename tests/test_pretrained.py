@@ -166,7 +166,10 @@ def test_resolve_checkpoint_names_and_paths(shipped: Path, trained: dict) -> Non
     assert resolve_checkpoint(SP) == shipped / f"{SP}.pt"
     assert resolve_checkpoint(trained["base_path"]) == trained["base_path"]
     assert resolve_checkpoint(str(trained["base_path"])) == trained["base_path"]
-    for bad in ("tiny14-hrl", shipped / "nowhere.pt", Path(BASE), str(shipped)):
+    # a Path that is a shipped name is that model (issue 11: it was refused while the message
+    # listed it as shipped)
+    assert resolve_checkpoint(Path(BASE)) == shipped / f"{BASE}.pt"
+    for bad in ("tiny14-hrl", shipped / "nowhere.pt", str(shipped)):
         with pytest.raises(CheckpointError) as caught:
             resolve_checkpoint(bad)
         message = str(caught.value)

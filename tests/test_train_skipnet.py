@@ -20,7 +20,7 @@ from agents.skipnet import load_skipnet
 from skipenv.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from skipenv.models.resnet import build_resnet
 
-ENV = os.environ | {"PYTHONPATH": str(REPO)}
+ENV = os.environ | {"PYTHONPATH": str(REPO)}  # os.environ is sandboxed by conftest by now
 
 
 supervised = load_script("train/supervised.py")

@@ -45,7 +45,7 @@ def assert_same(a, b, path: str = "") -> None:
 def test_make_vec_returns_the_native_vector_env(tiny_model):
     envs = gymnasium.make_vec(ENV_ID, num_envs=8, backbone=tiny_model, data=synthetic_split())
     assert isinstance(envs, SkipNetVectorEnv) and envs.num_envs == 8
-    assert envs.metadata["autoreset_mode"] is AutoresetMode.SAME_STEP
+    assert envs.metadata["autoreset_mode"] is AutoresetMode.NEXT_STEP  # Gymnasium's default
     assert envs.spec.id == ENV_ID
     assert envs.single_action_space == gymnasium.spaces.Discrete(2)
     assert envs.single_observation_space.shape == (18,)
@@ -79,7 +79,9 @@ def test_step_equals_single_envs(tiny_model, obs_mode, reward):
     same observations, rewards and infos (final ones included)."""
     data, n, indices = synthetic_split(), 4, [3, 7, 7, 12]
     kwargs = {"data": data, "device": "cpu", "obs_mode": obs_mode, "reward": reward}
-    native = SkipNetVectorEnv(n, backbone=tiny_model, **kwargs)
+    native = SkipNetVectorEnv(
+        n, backbone=tiny_model, autoreset_mode=AutoresetMode.SAME_STEP, **kwargs
+    )
     sync = SyncVectorEnv(
         [lambda: SkipNetEnv(backbone=tiny_model, **kwargs) for _ in range(n)],
         autoreset_mode=AutoresetMode.SAME_STEP,
@@ -129,7 +131,7 @@ def test_one_batched_call_per_block_on_the_executing_images(tiny_model):
 
 
 def test_same_step_autoreset(tiny_model):
-    envs = make_vec(tiny_model, 3)
+    envs = make_vec(tiny_model, 3, autoreset_mode=AutoresetMode.SAME_STEP)
     table = tiny_model.macs_table()
     envs.reset(seed=0, options={"indices": [0, 1, 2]})
     for _ in range(K - 1):

@@ -23,7 +23,6 @@ For a shipped model on ``val`` the four numbers are also checked against its reg
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,11 +32,13 @@ import tyro
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import RoutingStats
 from skipenv.training.summary import images, print_summary
+from skipenv.utils import write_json
 
 
 @dataclass
@@ -129,10 +130,12 @@ def main(args: Args) -> dict:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"
         print(f"model card (skipenv/models/weights/registry.json) numbers: {verdict}")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
     return results
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"evaluate.py: error: {err}") from None

@@ -44,7 +44,12 @@ from torch.nn.parallel import DistributedDataParallel
 from agents.gates import build_gate
 from agents.reinforce import BASELINES, REWARDS, hrl_step_loss
 from agents.skipnet import SkipNet, freeze_batch_norm, load_skipnet
-from skipenv.models.checkpoint import BACKBONE_KINDS, load_backbone, load_checkpoint
+from skipenv.models.checkpoint import (
+    BACKBONE_KINDS,
+    CheckpointError,
+    load_backbone,
+    load_checkpoint,
+)
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
@@ -63,8 +68,9 @@ supervised = import_script(Path(__file__).with_name("supervised.py"))
 class Args(RunArgs):
     out: Path = Path("runs/hrl")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl (and sp/ when SP runs first)"""
-    sp: Path | None = None
-    """SP checkpoint to start from; None runs SP first (with --pretrain.*) into OUT/sp"""
+    sp: str | None = None
+    """SP checkpoint to start from: a path or a shipped model's name (e.g. skipnet38-sp); None
+    runs SP first (with --pretrain.*) into OUT/sp"""
     alpha: float = 3.0
     """compute reward: alpha / K per skipped block; larger skips more (the paper's 0.1, 0.01,
     0.001 go with its 10k-step recipe; for this one see results/skipnet38-cpu/README.md)"""
@@ -170,7 +176,8 @@ def main(args: Args) -> dict:
             "train/supervised.py), or SP run first into OUT/sp from --pretrain.init PATH (a "
             "plain network from train/base.py) or with --pretrain.from-scratch"
         )
-    sp_path = args.sp if args.sp is not None else run_pretraining(args)
+    # a name or a path, resolved before anything is made (no run folder on a bad --sp)
+    sp_path = resolve_checkpoint(args.sp) if args.sp is not None else run_pretraining(args)
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)
@@ -290,4 +297,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"hybrid.py: error: {err}") from None

@@ -1,6 +1,7 @@
 """SkipNet+SP: train gates and network together by cross-entropy (supervised pre-training).
 
     python train/supervised.py --init runs/base38/final.pt --out runs/sp38   # from a plain net
+    python train/supervised.py --init resnet38 --out runs/sp38               # a shipped one
     python train/supervised.py --from-scratch --depth 38 --out runs/sp38     # from scratch
     python train/supervised.py --out runs/sp38 --resume                      # continue a run
     torchrun --nproc_per_node=2 train/supervised.py ...                      # data parallel
@@ -32,7 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from agents.gates import GATE_TYPES, build_gate
 from agents.skipnet import SkipNet
-from skipenv.models.checkpoint import load_backbone
+from skipenv.models.checkpoint import CheckpointError, load_backbone
+from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
 from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
@@ -46,9 +48,9 @@ from skipenv.training.tensorboard import example_callback
 class Args(RunArgs):
     out: Path = Path("runs/sp")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl"""
-    init: Path | None = None
-    """plain-network checkpoint (train/base.py) to start the backbone from; required unless
-    --from-scratch or --resume"""
+    init: str | None = None
+    """checkpoint to start the backbone from: a path (e.g. a train/base.py final.pt) or a
+    shipped model's name (e.g. resnet38); required unless --from-scratch or --resume"""
     from_scratch: bool = False
     """train backbone and gate from random weights: the from-scratch recipe (lr 0.1, 30
     epochs unless --lr / --epochs say otherwise) instead of fine-tuning --init"""
@@ -111,6 +113,8 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown --gate {args.gate!r}; choose one of {GATE_TYPES}")
     if args.gate_mode not in ("hard", "soft"):
         raise ValueError(f"--gate-mode must be hard or soft, got {args.gate_mode!r}")
+    # a name or a path, resolved before anything is made (no run folder on a bad --init)
+    init = resolve_checkpoint(args.init) if args.init is not None and not args.resume else None
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
@@ -125,8 +129,8 @@ def main(args: Args) -> dict:
     train_loader, eval_loader = cifar_loaders(args, device, dist.is_main)
 
     # model: a backbone (plain checkpoint or fresh) and a fresh gate
-    if args.init is not None and not args.resume:
-        backbone = load_backbone(args.init, depth=args.depth)
+    if init is not None:
+        backbone = load_backbone(init, depth=args.depth)
     else:
         backbone = build_resnet(args.depth)
     model = SkipNet(backbone, build_gate({"type": args.gate}, backbone.block_channels))
@@ -211,4 +215,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"supervised.py: error: {err}") from None

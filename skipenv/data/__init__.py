@@ -20,6 +20,7 @@ from skipenv.data.splits import (
     CifarSplit,
     load_cifar10,
     split_indices,
+    stratified_subset,
     val_indices,
 )
 
@@ -40,5 +41,6 @@ __all__ = [
     "normalize",
     "resolve_data_root",
     "split_indices",
+    "stratified_subset",
     "val_indices",
 ]

@@ -22,7 +22,7 @@ import platformdirs
 import torch
 
 from skipenv.data.sources import APP_NAME, CIFAR10_CLASSES, IMAGE_SIZE, Located, read_source
-from skipenv.utils import atomic_write
+from skipenv.utils import atomic_write, check_payload
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ def _cache_problem(obj: Any, located: Located) -> str | None:
 
 
 def _write_cache(path: Path, located: Located, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Save atomically (:func:`skipenv.utils.atomic_write`). A failure only warns: the data is
-    in memory and the next load tries again."""
+    """Save atomically (:func:`skipenv.utils.atomic_write`), checked first
+    (:func:`skipenv.utils.check_payload`) and read back before it replaces an old cache. A
+    failure to write only warns: the data is in memory and the next load tries again."""
     payload = {
         "format_version": CACHE_FORMAT_VERSION,
         "source": located.kind,
@@ -115,8 +116,20 @@ def _write_cache(path: Path, located: Located, images: torch.Tensor, labels: tor
         "images": images,  # M x 3 x 32 x 32 uint8
         "labels": labels,  # M int64
     }
+    check_payload(payload, "torch", f"the CIFAR-10 cache {path}")  # a bug if it ever raises
+
+    def verify(tmp: Path) -> None:  # read back as load_source_split will read it
+        try:
+            problem = _cache_problem(
+                torch.load(tmp, map_location="cpu", weights_only=True), located
+            )
+        except Exception as err:
+            problem = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+        if problem is not None:
+            raise OSError(f"the written cache does not read back ({problem})")
+
     try:
-        atomic_write(path, lambda f: torch.save(payload, f))
+        atomic_write(path, lambda f: torch.save(payload, f), verify)
     except OSError as err:
         warnings.warn(
             f"Could not write the CIFAR-10 cache {path} ({err}); continuing without it.",

@@ -2,7 +2,8 @@
 
 * :func:`augment` - random crop with zero padding and random horizontal flip for a whole batch
   in one gather, on whatever device the batch lives (no per-image Python loop).
-* :func:`normalize` - uint8 to float32 ``(x / 255 - mean) / std`` per channel.
+* :func:`normalize` - uint8 to float32 ``(x / 255 - mean) / std`` per channel (uint8 only:
+  float input is refused, its scale is ambiguous).
 * :class:`BatchLoader` - moves a split to the device once, then yields shuffled, augmented,
   normalized ``(x, y)`` batches; each epoch's order and augmentation are a pure function of
   ``(seed, epoch)``, so a resumed run can replay any epoch with :meth:`BatchLoader.set_epoch`.
@@ -97,6 +98,7 @@ def _normalize_with(
     std255: torch.Tensor,
     memory_format: torch.memory_format,
 ) -> torch.Tensor:
+    # uint8 -> float32 is always a fresh tensor, so the in-place steps never touch ``images``
     x = images.to(dtype=torch.float32, memory_format=torch.contiguous_format)  # B x C x H x W
     x = x.sub_(mean255).div_(std255)  # (x / 255 - mean) / std
     if memory_format != torch.contiguous_format:
@@ -115,8 +117,23 @@ def normalize(
     """Per-channel ``(x / 255 - mean) / std`` of a ``B x C x H x W`` uint8 batch, as float32.
 
     ``mean`` and ``std`` are in 0..1 units (default: CIFAR-10's). Pass
-    ``memory_format=torch.channels_last`` for NHWC-strided output.
+    ``memory_format=torch.channels_last`` for NHWC-strided output. Returns a new tensor;
+    ``images`` is never changed.
+
+    Raises:
+        TypeError: ``images`` is not uint8. A float batch may be on 0..1 or on 0..255, and
+            guessing would silently give wrong inputs, so it is refused: convert it to uint8
+            (``(x * 255).round().to(torch.uint8)`` for 0..1) or normalise it yourself.
+        ValueError: not 4-d, or ``mean``/``std`` of the wrong length or a std <= 0.
     """
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8:
+        got = images.dtype if isinstance(images, torch.Tensor) else type(images).__name__
+        raise TypeError(
+            f"normalize takes uint8 images (values 0..255), got {got}: a float batch may be "
+            "on 0..1 or on 0..255, so it is not guessed. Convert it to uint8 first (e.g. "
+            "(x * 255).round().to(torch.uint8) for values in 0..1), or normalise it yourself "
+            "with (x - mean) / std on its own scale"
+        )
     if images.ndim != 4:
         raise ValueError(f"images must be B x C x H x W, got shape {tuple(images.shape)}")
     mean255, std255 = _mean_std(mean, std, images.shape[1], images.device)

@@ -18,9 +18,12 @@ CIFAR-10 live here too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import pickle
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -173,15 +176,20 @@ def _locate_batches(batch_dir: Path, source_split: str) -> Located | None:
     files = []
     for p in paths:
         st = p.stat()
-        files.append([p.name, st.st_size, st.st_mtime_ns])
+        files.append([p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     fingerprint = {"kind": "batches", "files": files}
     return Located("batches", source_split, batch_dir, [(str(p), -1) for p in paths], fingerprint)
 
 
 def _scan_folder(split_dir: Path, source_split: str) -> Located:
     """List ``split_dir/<class>/*.{jpg,jpeg,png}`` sorted by class then file name, check the
-    class folders, and fingerprint the tree (file count, bytes, newest mtime, names) in the
-    same walk."""
+    class folders, and fingerprint the tree in the same walk: file count, bytes, and a digest
+    of every file's name, size, modification time, status-change time (ctime) and inode.
+
+    Any change to a file's content changes its ctime (which, unlike the mtime, cannot be set
+    back), and a file replaced by another has a new inode, so a cache built from the old
+    files is never served for new ones.
+    """
     try:
         entries = list(os.scandir(split_dir))
     except OSError as err:
@@ -202,11 +210,10 @@ def _scan_folder(split_dir: Path, source_split: str) -> Located:
 
     files: list[tuple[str, int]] = []
     total_bytes = 0
-    newest_mtime_ns = 0
-    names: list[str] = []
+    digest = hashlib.blake2b(digest_size=16)
     for label, cls in enumerate(CIFAR10_CLASSES):
         class_dir = class_dirs[cls]
-        found: list[tuple[str, int, int]] = []
+        found: list[tuple[str, int, int, int, int]] = []
         try:
             with os.scandir(class_dir) as it:
                 for e in it:
@@ -217,23 +224,22 @@ def _scan_folder(split_dir: Path, source_split: str) -> Located:
                     if not e.is_file():
                         continue
                     st = e.stat()
-                    found.append((e.name, st.st_size, st.st_mtime_ns))
+                    found.append((e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
         except OSError as err:
             raise DataError(f"Cannot list class folder {class_dir}: {err}") from err
         if not found:
             raise DataError(f"Class folder {class_dir} contains no images (*.jpg, *.jpeg, *.png).")
         found.sort()
         class_path = str(class_dir)
-        files.extend((os.path.join(class_path, name), label) for name, _, _ in found)
-        names.extend(f"{cls}/{name}" for name, _, _ in found)
-        total_bytes += sum(size for _, size, _ in found)
-        newest_mtime_ns = max(newest_mtime_ns, *(mtime for _, _, mtime in found))
+        files.extend((os.path.join(class_path, entry[0]), label) for entry in found)
+        total_bytes += sum(entry[1] for entry in found)
+        for name, *stats in found:
+            digest.update(f"{cls}/{name}\0{stats}\n".encode())
     fingerprint = {
         "kind": "folder",
         "files": len(files),
         "bytes": total_bytes,
-        "newest_mtime_ns": newest_mtime_ns,
-        "names": hashlib.blake2b("\n".join(names).encode(), digest_size=16).hexdigest(),
+        "stat_digest": digest.hexdigest(),
     }
     return Located("folder", source_split, split_dir, files, fingerprint)
 
@@ -255,10 +261,34 @@ def _download_batches(root: Path, source_split: str) -> None:
 # ------------------------------------------------------------------------- decoding
 
 
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, CRC
+_JPEG_END = b"\xff\xd9"  # the EOI marker
+
+
+@contextlib.contextmanager
+def _strict_pil() -> Iterator[None]:
+    """PIL with its defaults for damaged files, whatever the user has set: a truncated image
+    or a broken PNG stream is an error, not grey padding (``ImageFile.LOAD_TRUNCATED_IMAGES``
+    is False inside)."""
+    from PIL import ImageFile
+
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        yield
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+
+
 def _decode_image_file(path: str) -> np.ndarray:
     """Decode one image file to a ``32 x 32 x 3`` uint8 RGB array with PIL (grayscale,
     palette, CMYK and RGBA images are converted to RGB; alpha is dropped). Raises
     :class:`DataError` naming the file.
+
+    Only a whole file is accepted, under any PIL settings a user may have made: the bytes are
+    read once, must end where the format ends (a PNG with its ``IEND`` chunk, a JPEG with its
+    ``EOI`` marker, nothing after), and are decoded with truncated-image loading off (so a
+    short or broken stream is an error, never padded pixels).
 
     PIL rather than ``torchvision.io.decode_image``: torchvision 0.29 deprecates its image
     decoders (a DeprecationWarning per call), and PIL is about as fast once torchvision's
@@ -266,12 +296,22 @@ def _decode_image_file(path: str) -> np.ndarray:
     """
     from PIL import Image
 
+    width = height = -1
     try:
-        with Image.open(path) as im:  # reads the header only
+        with open(path, "rb") as f:
+            data = f.read()
+        with _strict_pil(), Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as im:
             width, height = im.size
+            ending = {"PNG": _PNG_END, "JPEG": _JPEG_END}[im.format]
+            if not data.endswith(ending):
+                raise ValueError(
+                    f"the {im.format} data does not end with its end marker: the file is "
+                    "truncated or has bytes appended"
+                )
             if (width, height) == (IMAGE_SIZE, IMAGE_SIZE):
+                im.load()  # decodes every pixel, or raises
                 rgb = im if im.mode == "RGB" else im.convert("RGB")
-                array = np.asarray(rgb)  # 32 x 32 x 3 uint8 (decodes the pixels)
+                array = np.array(rgb, dtype=np.uint8)  # 32 x 32 x 3
     except Exception as err:
         raise DataError(
             f"Corrupt or unreadable image {path} ({type(err).__name__}: {err}). Delete or "
@@ -282,6 +322,8 @@ def _decode_image_file(path: str) -> np.ndarray:
             f"Image {path} is {width}x{height} (width x height); CIFAR-10 images must be "
             f"{IMAGE_SIZE}x{IMAGE_SIZE}."
         )
+    if array.shape != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise DataError(f"Image {path} decoded to shape {array.shape}, not 32 x 32 x 3.")
     return array
 
 

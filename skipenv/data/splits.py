@@ -146,6 +146,57 @@ def split_indices(labels: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, t
     return train, val
 
 
+# ---------------------------------------------------------------------- subsets
+
+
+def stratified_subset(labels: torch.Tensor | Sequence[int], n: int, seed: int = 0) -> torch.Tensor:
+    """Sorted positions of ``n`` images drawn from every class in proportion to its share:
+    the one way to evaluate on part of a split.
+
+    The first ``n`` images of a split are not a sample of it (the splits are ordered by class
+    in image folders: the first 1,000 val images are airplanes and automobiles). Here each
+    class gets ``n * count / M`` images, rounded by largest remainder (ties to the lower
+    class), chosen within the class by a fixed hash of (``seed``, position), so the subset
+    depends only on ``labels``, ``n`` and ``seed``. ``n >= M`` gives every position.
+
+    Args:
+        labels: M class labels.
+        n: images wanted, >= 1.
+        seed: picks which images of each class.
+
+    Returns:
+        ``min(n, M)`` int64 positions, sorted.
+
+    Raises:
+        ValueError: ``n`` < 1 or not an int.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an integer >= 1, got {n!r}")
+    labels_np = torch.as_tensor(labels).reshape(-1).to("cpu", torch.int64).numpy()  # M int64
+    m = len(labels_np)
+    if n >= m:
+        return torch.arange(m, dtype=torch.int64)
+    classes, counts = np.unique(labels_np, return_counts=True)
+    quota = n * counts // m  # floors, exact integers
+    remainder = n * counts - quota * m
+    extra = n - int(quota.sum())
+    for k in np.lexsort((np.arange(len(classes)), -remainder))[:extra]:
+        quota[k] += 1
+    keys = _index_keys(m, seed)  # M uint64
+    order = np.lexsort((keys, labels_np))  # by class, then key
+    sorted_labels = labels_np[order]
+    chosen = []
+    for c, q in zip(classes, quota, strict=True):
+        start = np.searchsorted(sorted_labels, c)
+        chosen.append(order[start : start + int(q)])
+    return torch.from_numpy(np.sort(np.concatenate(chosen)).astype(np.int64))
+
+
+def per_class(labels: torch.Tensor | Sequence[int], num_classes: int) -> list[int]:
+    """Images of each class 0..num_classes-1 among ``labels`` (to report what a subset holds)."""
+    return torch.bincount(torch.as_tensor(labels).reshape(-1), minlength=num_classes).tolist()
+
+
 # ---------------------------------------------------------------------- shipped sample
 
 

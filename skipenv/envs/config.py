@@ -27,6 +27,49 @@ OBS_MODES: tuple[str, ...] = ("vector", "activation", "dict")
 REWARDS: tuple[str, ...] = ("paper", "accuracy")
 RENDER_MODES: tuple[str, ...] = ("ansi", "rgb_array")
 
+#: Keywords that reach the environment but belong elsewhere, with what to do instead.
+MISPLACED: dict[str, str] = {
+    "autoreset_mode": (
+        "autoreset_mode is an argument of a vector env: gymnasium.make_vec(..., "
+        "autoreset_mode=...) for the native one (vectorization_mode='vector_entry_point', the "
+        "default), vector_kwargs={'autoreset_mode': ...} with vectorization_mode='sync' or "
+        "'async'; a single env does not autoreset (wrap it in gymnasium.wrappers.Autoreset)"
+    ),
+    "autoreset": (
+        "Gymnasium 1.x's make() has no autoreset argument: wrap the single env in "
+        "gymnasium.wrappers.Autoreset, or use gymnasium.make_vec (vector envs autoreset; "
+        "choose how with autoreset_mode)"
+    ),
+    "apply_api_compatibility": (
+        "apply_api_compatibility is gone from Gymnasium 1.x, and SkipNet-CIFAR10-v0 "
+        "implements the current API: leave it out"
+    ),
+    "num_envs": "num_envs is an argument of gymnasium.make_vec, not of gymnasium.make",
+    "max_episode_steps": (
+        "max_episode_steps is an argument of gymnasium.make / make_vec (a TimeLimit on the "
+        "single env) and of SkipNetVectorEnv, not of SkipNetEnv: use gymnasium.make(..., "
+        "max_episode_steps=T)"
+    ),
+}
+
+#: What to use instead of render modes Gymnasium knows but the env does not draw itself.
+OTHER_RENDER_MODES: dict[str, str] = {
+    "human": (
+        "gymnasium.make(..., render_mode='human') wraps the single env in HumanRendering (needs "
+        "pygame); for a vector env pass render_mode='rgb_array' and wrap it in "
+        "gymnasium.wrappers.vector.HumanRendering"
+    ),
+    "rgb_array_list": (
+        "gymnasium.make(..., render_mode='rgb_array_list') wraps the single env in "
+        "RenderCollection; for a vector env pass render_mode='rgb_array' and collect the frames "
+        "of render() (or use gymnasium.wrappers.vector.RecordVideo)"
+    ),
+    "ansi_list": (
+        "gymnasium.make(..., render_mode='ansi_list') wraps the single env in RenderCollection; "
+        "for a vector env pass render_mode='ansi' and collect the lines of render()"
+    ),
+}
+
 
 @dataclass(frozen=True, eq=False)
 class EnvConfig:
@@ -72,8 +115,10 @@ class EnvConfig:
         if self.reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {self.reward!r}")
         if self.render_mode is not None and self.render_mode not in RENDER_MODES:
+            hint = OTHER_RENDER_MODES.get(str(self.render_mode))
             raise ValueError(
                 f"render_mode must be None or one of {RENDER_MODES}, got {self.render_mode!r}"
+                + (f": {hint}" if hint else "")
             )
         if self.data is None and self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
@@ -106,7 +151,8 @@ class EnvConfig:
         fields = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(options) - set(fields))
         if unknown:
+            hints = "".join(f"; {MISPLACED[key]}" for key in unknown if key in MISPLACED)
             raise TypeError(
-                f"unknown SkipNet-CIFAR10-v0 option(s) {unknown}; the options are {fields}"
+                f"unknown SkipNet-CIFAR10-v0 option(s) {unknown}; the options are {fields}{hints}"
             )
         return dataclasses.replace(config or cls(), **options)

@@ -290,6 +290,10 @@ class Episodes:
                 rewards = rewards + (self.prediction == self.labels_np[self.indices])
         return obs, rewards.astype(np.float64), done, self._info()
 
+    def abandon(self) -> None:
+        """Drop the episodes under way (a truncation): ``running`` is False until ``start``."""
+        self._route = None
+
     # -- observations and infos
 
     def _observe(self, h: torch.Tensor) -> Obs:

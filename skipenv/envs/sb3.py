@@ -18,10 +18,12 @@ Attributes and methods: for :class:`gymnasium.vector.SyncVectorEnv` and
 the sub-environments one by one, as SB3's ``DummyVecEnv`` does. Any other vector env (such as
 :class:`skipenv.envs.vector_env.SkipNetVectorEnv`, which holds the whole batch in one object) has
 its attributes shared by the batch: ``get_attr`` returns ``[value] * n`` and ``env_method``
-calls the method once and returns ``[result] * n``. ``action_masks`` is the exception, so that
-sb3_contrib's ``MaskablePPO`` works: it returns one mask per env, from the env's own
-``action_masks()`` (B x n for a batched env, per sub-env otherwise) when there is one, else
-all-True masks.
+calls the method once and returns ``[result] * n``. Every method that takes ``indices`` acts on
+exactly those envs or refuses with a ValueError: a method call or ``set_attr`` on part of a
+batched env (one object runs all its envs), a method call on part of an AsyncVectorEnv.
+``action_masks`` is the exception, so that sb3_contrib's ``MaskablePPO`` works: it returns
+one mask per env of ``indices``, from the env's own ``action_masks()`` (B x n for a batched
+env, per sub-env otherwise) when there is one, else all-True masks.
 
 Episode statistics: wrap the adapter in SB3's ``VecMonitor`` to log episode returns.
 
@@ -111,7 +113,8 @@ class SB3VecEnv(VecEnv):
     Args:
         env: the vector env; ``env.metadata["autoreset_mode"]`` must be
             ``gymnasium.vector.AutoresetMode.SAME_STEP`` (e.g. ``SyncVectorEnv(fns,
-            autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv``).
+            autoreset_mode=AutoresetMode.SAME_STEP)``, or ``SkipNetVectorEnv(n,
+            autoreset_mode=AutoresetMode.SAME_STEP)``; :func:`make_sb3_vec_env` does this).
 
     Raises:
         TypeError: ``env`` is not a Gymnasium vector env.
@@ -212,7 +215,17 @@ class SB3VecEnv(VecEnv):
     # -- attributes and methods
 
     def _indices(self, indices: VecEnvIndices) -> list[int]:
-        return list(self._get_indices(indices))
+        """``indices`` as a list of env numbers (None: all), each checked."""
+        idx = [int(i) for i in self._get_indices(indices)]
+        bad = [i for i in idx if not 0 <= i < self.num_envs]
+        if bad:
+            raise ValueError(
+                f"indices {bad} out of range: this VecEnv has envs 0..{self.num_envs - 1}"
+            )
+        return idx
+
+    def _all(self, idx: list[int]) -> bool:
+        return sorted(idx) == list(range(self.num_envs))
 
     def _shared_owner(self, name: str) -> Any:
         """The outermost object of the wrapper chain that has attribute ``name``."""
@@ -267,7 +280,7 @@ class SB3VecEnv(VecEnv):
                 values[i] = value
             self._async.set_attr(attr_name, values)
         else:
-            if sorted(idx) != list(range(self.num_envs)):
+            if not self._all(idx):
                 raise ValueError(
                     f"{type(self.venv.unwrapped).__name__} shares attribute {attr_name!r} "
                     f"across its {self.num_envs} envs, so it cannot be set for envs {idx} "
@@ -292,12 +305,20 @@ class SB3VecEnv(VecEnv):
                 for i in idx
             ]
         if self._async is not None:
-            if idx != list(range(self.num_envs)):
+            if not self._all(idx):
                 raise ValueError(
                     f"AsyncVectorEnv calls methods in all its envs at once; cannot call "
                     f"{method_name!r} in envs {idx} alone (use indices=None)"
                 )
-            return list(self._async.call(method_name, *method_args, **method_kwargs))
+            results = self._async.call(method_name, *method_args, **method_kwargs)
+            return [results[i] for i in idx]
+        if not self._all(idx):
+            # one object runs the whole batch: its methods act on every env at once
+            raise ValueError(
+                f"{type(self.venv.unwrapped).__name__} runs its {self.num_envs} envs as one "
+                f"batch, so {method_name!r} cannot be called for envs {idx} alone; call "
+                "env_method with indices=None (all envs)"
+            )
         result = getattr(self._shared_owner(method_name), method_name)(
             *method_args, **method_kwargs
         )
@@ -334,10 +355,23 @@ class SB3VecEnv(VecEnv):
     def env_is_wrapped(
         self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
     ) -> list[bool]:
-        """Whether each env is wrapped in ``wrapper_class`` (a batched env never is)."""
+        """Whether each env of ``indices`` is wrapped in ``wrapper_class`` (a batched env never
+        is: single-env wrappers cannot wrap it).
+
+        Raises:
+            ValueError: an AsyncVectorEnv, whose sub-environments live in other processes,
+                where their wrappers cannot be inspected (a guess could be wrong).
+        """
         idx = self._indices(indices)
         if self._sync is not None:
             return [env_util.is_wrapped(self._sync.envs[i], wrapper_class) for i in idx]
+        if self._async is not None:
+            raise ValueError(
+                "the sub-environments of an AsyncVectorEnv run in other processes, where "
+                f"whether they are wrapped in {wrapper_class.__name__} cannot be checked; use "
+                "a SyncVectorEnv, or wrap the adapter in VecMonitor (which SB3's "
+                "evaluate_policy looks for first) instead of Monitor"
+            )
         return [False] * len(idx)
 
     # -- rendering
@@ -385,6 +419,10 @@ def make_sb3_vec_env(num_envs: int, **env_kwargs: Any) -> SB3VecEnv:
             or ``pretrained=False``, ``split``, ``device``, ``reward``, ``obs_mode``, ...).
     """
     env = gym.make_vec(
-        ENV_ID, num_envs=num_envs, vectorization_mode="vector_entry_point", **env_kwargs
+        ENV_ID,
+        num_envs=num_envs,
+        vectorization_mode="vector_entry_point",
+        autoreset_mode=AutoresetMode.SAME_STEP,  # SB3's semantics
+        **env_kwargs,
     )
     return SB3VecEnv(env)

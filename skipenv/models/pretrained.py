@@ -15,9 +15,11 @@ or ``hrl``; the metrics are fractions on the val split (or null) as
 per depth and data set is ``default_for_depth``: the backbone an environment loads when given
 no checkpoint.
 
-Anywhere a checkpoint is asked for (``gymnasium.make(..., checkpoint=...)``,
-``train/evaluate.py --checkpoint``), a registered name works as well as a path:
-:func:`resolve_checkpoint` maps it to the shipped file.
+Anywhere a checkpoint is asked for (``gymnasium.make(..., checkpoint=...)``, ``load_checkpoint``,
+``load_backbone``, ``load_skipnet``, ``train/evaluate.py --checkpoint``, ``train/supervised.py
+--init``, ``train/hybrid.py --sp``, ``benchmarks/hrl_step.py --checkpoint``,
+``scripts/compare_agents.py --checkpoint``), a registered name works as well as a path:
+:func:`resolve_checkpoint` maps it to the shipped file, by one rule.
 
 ``$SKIPNET_PRETRAINED_DIR``, when set, replaces ``skipenv/models/weights`` with another folder
 holding a ``registry.json`` and its files: for tests and packagers, not for everyday use.
@@ -250,23 +252,31 @@ def default_pretrained(depth: int, dataset: str = "cifar10") -> str | None:
 
 
 def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
-    """A checkpoint file from a shipped model's name (a ``str``) or a path.
+    """A checkpoint file from a shipped model's name or a path: the one rule every command-line
+    option and function that takes a checkpoint follows.
 
-    A registered name gives its shipped file; otherwise ``name_or_path`` must be an existing
-    file (``~`` is expanded). A ``Path`` is always a path, never a name.
+    A value that is a registered name (``skipnet38-hrl-a1``; a ``str`` or a ``Path``, with no
+    folder part) gives its shipped file; anything else must be an existing file (``~`` is
+    expanded). To use a local file that happens to carry a shipped name, give it a folder
+    (``./skipnet38-sp``).
 
     Raises:
-        CheckpointError: neither; the message lists the shipped names.
+        CheckpointError: neither; the message lists the shipped names (never the refused value,
+            which is not one of them).
     """
-    if isinstance(name_or_path, str) and name_or_path in list_pretrained():
-        return pretrained_path(name_or_path)
-    path = Path(name_or_path).expanduser()
+    text = os.fspath(name_or_path)
+    if not isinstance(text, str):
+        raise TypeError(f"a checkpoint is a name or a path, got {name_or_path!r}")
+    bare = "/" not in text and os.sep not in text
+    if bare and text in list_pretrained():
+        return pretrained_path(text)
+    path = Path(text).expanduser()
     if path.is_file():
         return path
     raise _error(
-        f"no checkpoint at {path}: {str(name_or_path)!r} is neither a checkpoint file nor a "
+        f"no checkpoint at {path}: {text!r} is neither a checkpoint file nor the name of a "
         f"shipped pretrained model ({_shipped_phrase()}). Pass the path of a base, sp, hrl or "
-        "static checkpoint (e.g. runs/base38/final.pt) or one of skipenv.list_pretrained()"
+        "static checkpoint (e.g. runs/base38/final.pt) or one of the shipped names"
     )
 
 
@@ -321,10 +331,11 @@ def registry_entry(
     """A registry entry for exported weights ``path`` (metrics null: fill them in from
     ``train/evaluate.py --checkpoint NAME --split val``, and write a description)."""
     from skipenv.models.checkpoint import checkpoint_arch, load_checkpoint
+    from skipenv.utils import check_payload
 
     payload = load_checkpoint(path)
     arch = checkpoint_arch(payload)
-    return {
+    entry = {
         "name": payload.get("name", Path(path).stem),
         "file": Path(path).name,
         "kind": payload["kind"],
@@ -337,6 +348,8 @@ def registry_entry(
         "block_fraction": None,
         "description": "",
     }
+    check_payload(entry, "json", f"the registry entry of {path}")
+    return _check_entry(entry, 0, "(the entry printed for registry.json)")  # as the reader does
 
 
 # ---------------------------------------------------------------------------- command line
@@ -392,7 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a weights-only copy of a checkpoint (no optimizer/RNG state)"
     )
-    export.add_argument("checkpoint", type=Path, help="a base, sp, hrl or static checkpoint")
+    export.add_argument(
+        "checkpoint", help="a base, sp, hrl or static checkpoint: a path or a shipped name"
+    )
     export.add_argument(
         "out", type=Path, help="the .pt file to write, e.g. skipenv/models/weights/X.pt"
     )

@@ -20,12 +20,15 @@ import torch
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import load_checkpoint, save_checkpoint
+from skipenv.utils import atomic_write, check_payload
 
 
 class RunDir:
     """The files of one run in ``out``; ``resume`` says whether ``last.pt`` must exist.
 
-    Only the main process of a distributed run writes (``writer=False`` on the others).
+    Only the main process of a distributed run writes (``writer=False`` on the others). The
+    folder is created by the first write (a metrics line or a checkpoint), so a run that fails
+    while starting (a bad argument, missing data) leaves no empty folder behind.
     """
 
     def __init__(self, out: Path, resume: bool, writer: bool = True) -> None:
@@ -36,8 +39,7 @@ class RunDir:
             raise FileExistsError(
                 f"{self.last} exists: pass --resume to continue it, or a new --out"
             )
-        if writer:
-            self.out.mkdir(parents=True, exist_ok=True)
+        # the folder is made by the first write, so a run that fails before leaves none
         self._last_save = time.monotonic()
 
     def load_last(self, kinds: tuple[str, ...], map_location: Any) -> dict[str, Any]:
@@ -46,17 +48,28 @@ class RunDir:
         if self.writer and self.metrics.exists():
             lines = [ln for ln in self.metrics.read_text().splitlines() if ln.strip()]
             kept = [ln for ln in lines if json.loads(ln)["step"] <= ckpt["step"]]
-            self.metrics.write_text("".join(ln + "\n" for ln in kept))
+            text = "".join(ln + "\n" for ln in kept)
+            atomic_write(self.metrics, lambda f: f.write(text.encode()))
         return ckpt
 
     def log(self, metrics: dict[str, Any]) -> None:
-        """Append one evaluation to ``metrics.jsonl``."""
+        """Append one evaluation to ``metrics.jsonl``.
+
+        Raises:
+            skipenv.utils.PayloadError: a value JSON would refuse or change (a numpy scalar, a
+                tuple, ...), named by its key; nothing is written.
+        """
+        check_payload(metrics, "json", f"a line of {self.metrics}")
+        line = json.dumps(metrics)
+        json.loads(line)  # reads back (NaN and inf included: Python's json reads them)
         if self.writer:
+            self.out.mkdir(parents=True, exist_ok=True)
             with self.metrics.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(line + "\n")
 
     def save(self, payload: dict[str, Any], final: bool = False) -> None:
-        """Write ``last.pt`` (or ``final.pt``) atomically."""
+        """Write ``last.pt`` (or ``final.pt``) atomically, checked and read back
+        (:func:`skipenv.models.checkpoint.save_checkpoint`)."""
         if self.writer:
             save_checkpoint(self.final if final else self.last, payload)
         self._last_save = time.monotonic()
