@@ -169,7 +169,7 @@ def test_a_bad_checkpoint_leaves_no_run_folder(shipped, data_root, tmp_path, scr
 
 def test_a_failing_start_leaves_no_run_folder(data_root, tmp_path):
     out = tmp_path / "run"
-    args = _run_args(supervised.Args, tmp_path / "no-data", out, depth=8)
+    args = _run_args(supervised.Args, tmp_path / "no-data", out, depth=8, from_scratch=True)
     with pytest.raises(Exception, match="no-data"):
         supervised.main(args)
     assert not out.exists()
