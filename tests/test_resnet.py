@@ -170,3 +170,23 @@ def test_cuda_skipping_matches_cpu() -> None:
         cpu = model.forward_skip(x, execute)
         gpu = model.cuda().forward_skip(x.cuda(), execute.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_put_rows_copies_the_rows_bit_for_bit(
+    dtype: torch.dtype, channels_last: bool, channels: int
+) -> None:
+    """put_rows's 8-byte word path (and its fallback for odd row sizes) equals index_copy."""
+    from skipenv.models.resnet import put_rows
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(8, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    rows = torch.randn(3, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    index = torch.tensor([6, 1, 4])
+    expected = out.clone().index_copy_(0, index, rows)
+    result = put_rows(out, index, rows, inplace=True)
+    assert result is out and result.is_contiguous(memory_format=fmt)
+    assert torch.equal(result, expected)
