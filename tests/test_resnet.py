@@ -190,3 +190,28 @@ def test_put_rows_copies_the_rows_bit_for_bit(
     result = put_rows(out, index, rows, inplace=True)
     assert result is out and result.is_contiguous(memory_format=fmt)
     assert torch.equal(result, expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_skipping_block_gradients_reach_its_weights_from_a_constant_input(
+    channels_last: bool,
+) -> None:
+    """A projection block fed an input without gradient (a frozen stem) still passes its
+    weights' gradients through real skipping, equal to the masked formulation's."""
+    from skipenv.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    block = BasicBlock(4, 8, stride=2).to(memory_format=fmt).eval()
+    x = torch.randn(6, 4, 8, 8).to(memory_format=fmt)  # no gradient
+    execute = torch.tensor([True, False, True, True, False, False])
+    grads = []
+    for out in (
+        lambda: block.forward_skip(x, execute),
+        lambda: block.forward_masked(x, execute.float()),
+    ):
+        block.zero_grad(set_to_none=True)
+        out().square().sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for skip, masked in zip(*grads, strict=True):
+        torch.testing.assert_close(skip, masked)

@@ -89,7 +89,11 @@ def put_rows(
     time, so on the flat word view it does a quarter of the moves for bfloat16 (a half for
     float32). The bits are copied unchanged.
     """
-    if inplace and rows.dtype == out.dtype and rows.is_contiguous(
+    if (
+        inplace
+        and not _needs_graph(out, rows)  # a dtype view is not differentiable
+        and rows.dtype == out.dtype
+    ) and rows.is_contiguous(
         memory_format=torch.channels_last if _channels_last(out) else torch.contiguous_format
     ):
         out_words, row_words = _row_words(out), _row_words(rows)
