@@ -17,7 +17,11 @@ Breakdown: the same rounds also time each case phase by phase (greedy-route forw
 sampled forward with its gate calls, loss, backward, optimiser), plus the backbone alone on
 the same routes (``skipenv.models.gating.FixedGate``, no gate), whose difference to the sampled
 forward and backward is what the gate calls cost. ``--baseline-impl`` adds the HRL step as
-it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds.
+it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds. With the greedy
+baseline, ``hrl`` shares the sampled pass with the greedy routes where they coincide
+(``agents.reinforce.sample_with_greedy``) and ``hrl (two passes)`` runs them one after the
+other (``share_greedy=False``), in the same rounds; the output says for what share of the
+decisions an image's two routes coincided.
 
     python benchmarks/hrl_step.py --amp bf16 --baseline-impl --json results/hrl_step.json
 """
