@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skipenv.models.gating import log_prob
+from agents.gates import ExploringGate
+from skipenv.models.gating import decide, log_prob
+from skipenv.models.resnet import GatedOutput, take_rows
 from skipenv.training.devices import autocast
 
 BASELINES = ("none", "mean", "greedy")
@@ -188,6 +190,114 @@ def greedy_routes(
     return g.logits, g.executed
 
 
+def _rows_of_state(state: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` of a gate's recurrent state (None, a B-row tensor or tuples of them),
+    detached."""
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach().index_select(0, index)
+    return type(state)(_rows_of_state(s, index) for s in state)
+
+
+def _cat_states(a: Any, b: Any) -> Any:
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat((a, b))
+    return type(a)(_cat_states(x, y) for x, y in zip(a, b, strict=True))
+
+
+def shares_greedy_pass(model: nn.Module) -> bool:
+    """Whether :func:`sample_with_greedy` is exact for ``model``: every batch-norm and dropout
+    layer is in eval mode, so a block's output for an image depends on that image alone."""
+    stochastic = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd)
+    return not any(m.training for m in model.modules() if isinstance(m, stochastic))
+
+
+def sample_with_greedy(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator,
+    explore: float = 0.0,
+) -> tuple[GatedOutput, tuple[torch.Tensor, torch.Tensor]]:
+    """The sampled forward of an HRL step and the greedy routes of the same images, sharing
+    work: what ``model(x, mode="sample", explore=explore)`` and :func:`greedy_routes` give
+    (up to float noise), in one pass where the routes coincide.
+
+    While an image's sampled decisions equal its greedy ones, both routes hold the same
+    activations (batch norm frozen: check :func:`shares_greedy_pass`), and the sampled pass's
+    gate call also gives the greedy decision (p' > 0.5 exactly when p > 0.5). At the first
+    decision where they differ, the image's greedy copy forks off the sampled pass (its
+    activation and gate state, detached) and continues alone, without gradient, batched with
+    the other forked images. The sampled pass is the one of ``forward_gated`` (same generator
+    draws, same autograd graph). Run it under the caller's autocast.
+
+    Args:
+        model: an :class:`agents.skipnet.SkipNet`.
+        x: B x 3 x H x W images.
+
+    Returns:
+        The sampled forward's ``GatedOutput``, and the greedy routes' logits (B x classes,
+        no gradient) and executed blocks (B x N bool).
+    """
+    backbone, base = model.backbone, model.gate
+    gate = ExploringGate(base, explore) if explore > 0 else base
+    route = backbone.start(x, gate)  # sampled pass, B rows
+    batch = x.shape[0]
+    forked = torch.zeros(batch, dtype=torch.bool, device=x.device)  # B: greedy copy split off
+    g_index = torch.empty(0, dtype=torch.long, device=x.device)  # F: image of each forked row
+    g_h: torch.Tensor | None = None  # F x C x H x W, the forked greedy activations
+    g_state: Any = None
+    g_executed = torch.empty(0, backbone.num_blocks, dtype=torch.bool, device=x.device)
+    probs, gates = [], []
+    while not route.done:
+        k = route.next_block - 1  # decision k is about block k + 1
+        p, state = gate(route.h, k, route.gate_state)  # B
+        g, execute = decide(p, "sample", generator)  # B, B
+        greedy = p.detach() > 0.5  # B: the greedy decision of the shared routes
+        with torch.no_grad():
+            new = torch.nonzero(~forked & (greedy != execute)).squeeze(1)  # images forking now
+            old_decision = None
+            if g_h is not None:  # forked greedy copies decide with their own gate call
+                q, g_state = base(g_h, k, g_state)  # F
+                old_decision = q > 0.5
+            if new.numel():
+                h_new = take_rows(route.h.detach(), new)  # new x C x H x W (a copy)
+                s_new = _rows_of_state(state, new)
+                e_new = route.executed.index_select(0, new)  # new x N
+                if g_h is None:
+                    g_h, g_state, g_executed = h_new, s_new, e_new
+                    old_decision = greedy[new]
+                else:
+                    g_h = torch.cat((g_h, h_new))
+                    g_state = _cat_states(g_state, s_new)
+                    g_executed = torch.cat((g_executed, e_new))
+                    old_decision = torch.cat((old_decision, greedy[new]))
+                g_index = torch.cat((g_index, new))
+                forked[new] = True
+            if g_h is not None:
+                g_executed[:, route.next_block] = old_decision
+                g_h = backbone.blocks[route.next_block].forward_skip(g_h, old_decision)
+        route.gate_state = state
+        backbone.advance(route, execute)
+        probs.append(p)
+        gates.append(g)
+    logits = backbone.head(route.h)  # B x num_classes
+    route.macs += route.macs_table.head
+    out = GatedOutput(
+        logits, torch.stack(probs, dim=1), torch.stack(gates, dim=1), route.executed, route.macs
+    )
+    with torch.no_grad():
+        greedy_logits = logits.detach().clone()  # B x num_classes
+        greedy_executed = route.executed.clone()  # B x N
+        if g_h is not None:
+            greedy_logits[g_index] = backbone.head(g_h).to(greedy_logits.dtype)
+            greedy_executed[g_index] = g_executed
+    return out, (greedy_logits, greedy_executed)
+
+
 def hrl_step_loss(
     model: nn.Module,
     x: torch.Tensor,
@@ -206,6 +316,7 @@ def hrl_step_loss(
     block_cost: torch.Tensor | None = None,
     entropy: float = 0.0,
     supervised: bool = True,
+    share_greedy: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The forward passes and loss of one HRL step on images ``x`` (B x 3 x H x W).
 
@@ -215,13 +326,30 @@ def hrl_step_loss(
     ``model`` is an :class:`agents.skipnet.SkipNet`; ``net`` runs the sampled forward when it
     is a wrapper of it (DistributedDataParallel), else ``model`` does.
 
+    With ``share_greedy`` (the default), the greedy baseline shares the sampled pass where
+    the routes coincide (:func:`sample_with_greedy`), when that is exact (batch norm frozen,
+    :func:`shares_greedy_pass`) and no wrapper ``net`` must run the forward; otherwise the
+    two passes run one after the other.
+
     Returns:
         The loss, the cross-entropy alone, and the sampled forward's ``GatedOutput``.
     """
     device = x.device
-    greedy = greedy_routes(model, x, amp) if baseline == "greedy" else None
-    with autocast(device, amp):
-        out = (net or model)(x, mode="sample", routing="skip", generator=generator, explore=explore)
+    shared = (
+        baseline == "greedy"
+        and share_greedy
+        and (net is None or net is model)
+        and shares_greedy_pass(model)
+    )
+    if shared:
+        with autocast(device, amp):
+            out, greedy = sample_with_greedy(model, x, generator=generator, explore=explore)
+    else:
+        greedy = greedy_routes(model, x, amp) if baseline == "greedy" else None
+        with autocast(device, amp):
+            out = (net or model)(
+                x, mode="sample", routing="skip", generator=generator, explore=explore
+            )
     loss, ce = hybrid_loss(
         out.logits,
         out.probs,

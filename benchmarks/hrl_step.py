@@ -17,7 +17,11 @@ Breakdown: the same rounds also time each case phase by phase (greedy-route forw
 sampled forward with its gate calls, loss, backward, optimiser), plus the backbone alone on
 the same routes (``skipenv.models.gating.FixedGate``, no gate), whose difference to the sampled
 forward and backward is what the gate calls cost. ``--baseline-impl`` adds the HRL step as
-it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds.
+it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds. With the greedy
+baseline, ``hrl`` shares the sampled pass with the greedy routes where they coincide
+(``agents.reinforce.sample_with_greedy``) and ``hrl (two passes)`` runs them one after the
+other (``share_greedy=False``), in the same rounds; the output says for what share of the
+decisions an image's two routes coincided.
 
     python benchmarks/hrl_step.py --amp bf16 --baseline-impl --json results/hrl_step.json
 """
@@ -41,7 +45,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from legacy_routing import legacy_routing
 
-from agents.reinforce import greedy_routes, hrl_step_loss, hybrid_loss
+from agents.reinforce import greedy_routes, hrl_step_loss, hybrid_loss, sample_with_greedy
 from agents.skipnet import freeze_batch_norm, load_skipnet
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
@@ -142,6 +146,7 @@ def main() -> None:
     masked.train()
     skipnet.train()
     freeze_batch_norm(skipnet)  # as train/hybrid.py does by default
+    shared_prefix: list[float] = []  # share of decisions before an image's routes fork
     sampled: list[tuple[float, float]] = []  # (block fraction, FLOPs fraction) per HRL step
     table = skipnet.backbone.macs_table()  # flops_fraction: backbone MACs, gate left out
     phases = Phases(device)
@@ -158,7 +163,7 @@ def main() -> None:
         opts["full"].step()
         phases.mark("optimiser")
 
-    def hrl_step() -> None:  # exactly what train/hybrid.py runs
+    def hrl_step(share: bool = True) -> None:  # exactly what train/hybrid.py runs
         loss, _, out = hrl_step_loss(
             skipnet,
             x,
@@ -168,6 +173,7 @@ def main() -> None:
             baseline=args.baseline,
             explore=args.explore,
             amp=args.amp,
+            share_greedy=share,
         )
         phases.mark("forwards+loss")
         opts["hrl"].zero_grad(set_to_none=True)
@@ -179,14 +185,26 @@ def main() -> None:
             (float(out.executed.float().mean()), float(table.flops_fraction(out.executed).mean()))
         )
 
-    def hrl_phases() -> None:  # hrl_step_loss's pieces one by one, then the gate-free backbone
+    def hrl_phases(share: bool = True) -> None:  # hrl_step_loss's pieces, then the backbone
         greedy = None
-        if args.baseline == "greedy":
-            greedy = greedy_routes(skipnet, x, args.amp)
-        phases.mark("greedy forward")
-        with autocast(device, args.amp):
-            out = skipnet(x, mode="sample", generator=generator, explore=args.explore)
-        phases.mark("sampled forward")
+        if args.baseline == "greedy" and share:
+            with autocast(device, args.amp):
+                out, greedy = sample_with_greedy(
+                    skipnet, x, generator=generator, explore=args.explore
+                )
+            phases.mark("sampled + greedy forward, shared")
+            differs = out.executed != greedy[1]  # B x N
+            first = torch.where(differs.any(1), differs.float().argmax(1), differs.shape[1])
+            shared_prefix.append(
+                float((first - 1).clamp(min=0).float().mean()) / (differs.shape[1] - 1)
+            )
+        else:
+            if args.baseline == "greedy":
+                greedy = greedy_routes(skipnet, x, args.amp)
+            phases.mark("greedy forward")
+            with autocast(device, args.amp):
+                out = skipnet(x, mode="sample", generator=generator, explore=args.explore)
+            phases.mark("sampled forward")
         loss, _ = hybrid_loss(
             out.logits,
             out.probs,
@@ -228,11 +246,17 @@ def main() -> None:
         "hrl": (hrl_step, contextlib.nullcontext),
         "hrl phases": (hrl_phases, contextlib.nullcontext),
     }
+    if args.baseline == "greedy":  # the greedy baseline as a second pass (before round 2)
+        cases["hrl (two passes)"] = (lambda: hrl_step(share=False), contextlib.nullcontext)
+        cases["hrl phases (two passes)"] = (
+            lambda: hrl_phases(share=False),
+            contextlib.nullcontext,
+        )
     if not args.no_sp:
         cases["sp"] = (sp_step, contextlib.nullcontext)
     if args.baseline_impl:
-        cases["hrl (before)"] = (hrl_step, legacy)
-        cases["hrl phases (before)"] = (hrl_phases, legacy)
+        cases["hrl (before)"] = (lambda: hrl_step(share=False), legacy)
+        cases["hrl phases (before)"] = (lambda: hrl_phases(share=False), legacy)
     rng = random.Random(args.seed)
     times: dict[str, list[float]] = {name: [] for name in cases}
     parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -269,6 +293,9 @@ def main() -> None:
         "data": "synthetic" if args.synthetic else "cifar10-train",
         "hrl_sampled_block_fraction": blocks,
         "hrl_sampled_flops_fraction": flops,
+        "greedy_shared_decision_fraction": (
+            statistics.mean(shared_prefix) if shared_prefix else None
+        ),
         "step_s": {n: statistics.median(times[n]) for n in timed},
         "over_full": {n: ratio(n) for n in timed},
         "phases_ms": {
@@ -282,8 +309,14 @@ def main() -> None:
     )
     print(
         f"HRL sampled {100 * blocks:.1f}% of blocks, {100 * flops:.1f}% of FLOPs "
-        f"(explore {args.explore})\n"
+        f"(explore {args.explore})"
     )
+    if shared_prefix:
+        print(
+            "greedy route shared with the sampled one for "
+            f"{100 * statistics.mean(shared_prefix):.1f}% of the decisions (mean per image)"
+        )
+    print()
     print(f"{'step':22s} {'ms':>8s} {'/ full':>7s}")
     for name in timed:
         print(f"{name:22s} {1000 * result['step_s'][name]:8.1f} {result['over_full'][name]:7.3f}")

@@ -18,7 +18,6 @@ Runs the gated network greedily (real skipping) over ``--split`` and writes to `
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +28,10 @@ import tyro
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import normalize
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.summary import images, print_summary
+from skipenv.utils import write_json
 
 
 @dataclass
@@ -189,8 +190,7 @@ def main(args: Args) -> dict:
         "figures": [str(by_blocks), str(per_class)],
     }
     js = args.out / f"routing-{name}.json"
-    js.write_text(json.dumps(summary, indent=2) + "\n")
-    json.loads(js.read_text())
+    write_json(js, summary)  # atomic, read back before it replaces js
     print(f"wrote {by_blocks}, {per_class}, {js}")
     for row in rows:
         print(f"  {row['blocks']:>2} blocks: {row['images']:>5} images, acc {row['accuracy']:.4f}")
@@ -198,4 +198,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"routing_figure.py: error: {err}") from None

@@ -25,7 +25,6 @@ oracle with a low mean says that which blocks an image needs differs between ima
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -38,9 +37,11 @@ from tqdm.auto import tqdm
 from agents.skipnet import load_backbone_and_gate
 from agents.static import selection_batches
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.resnet import SkipResNet
 from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.summary import images, print_summary
+from skipenv.utils import write_json
 
 
 @dataclass
@@ -194,11 +195,12 @@ def main(args: Args) -> dict:
         + f"; oracle over {args.routes} random {100 * args.fractions[0]:.0f}% routes {oracle:.4f}"
     )
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        json.loads(args.json.read_text())  # readable by its own reader
+        write_json(args.json, results)  # atomic, read back before it replaces the file
     return results
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"skip_tolerance.py: error: {err}") from None

@@ -20,7 +20,6 @@ static control (M's most common route for every image, same weights).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +31,12 @@ from agents.skipnet import load_backbone_and_gate
 from agents.static import RouteGate, greedy_static_route, selection_batches
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.summary import images, print_summary
+from skipenv.utils import write_json
 
 
 @dataclass
@@ -143,11 +144,12 @@ def main(args: Args) -> dict:
         "wall_s": time.monotonic() - started,
     }
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-        json.loads(args.json.read_text())
+        write_json(args.json, results)  # atomic, read back before it replaces the file
     return results
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"static_routes.py: error: {err}") from None

@@ -190,6 +190,9 @@ def _cli(*argv: str) -> subprocess.CompletedProcess:
         ["train/hybrid.py", "--out", "{out}", "--sp"],
         ["train/evaluate.py", "--checkpoint"],
         ["scripts/compare_agents.py", "--checkpoint"],
+        ["train/static.py", "--out", "{out}", "--route", "111", "--checkpoint"],
+        ["scripts/skip_tolerance.py", "--checkpoint"],
+        ["scripts/routing_figure.py", "--out", "{out}", "--checkpoint"],
     ],
     ids=lambda argv: argv[0],
 )

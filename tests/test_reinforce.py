@@ -88,3 +88,62 @@ def test_entropy_bonus_pushes_a_sure_gate_back_towards_one_half() -> None:
     assert torch.count_nonzero(logit.grad) == 0
     with pytest.raises(ValueError, match="reward"):
         hybrid_loss(logits, torch.sigmoid(logit), executed, labels, reward="correct", **kw)
+
+
+@pytest.mark.parametrize("gate_type", ["rnn", "ffgate1"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_shared_greedy_pass_matches_the_two_plain_passes(
+    gate_type: str, channels_last: bool
+) -> None:
+    """sample_with_greedy gives the plain sampled pass and greedy routes (same loss, same
+    gradients) when batch norm is frozen, and hrl_step_loss falls back when it is not."""
+    from agents.reinforce import (
+        greedy_routes,
+        hrl_step_loss,
+        sample_with_greedy,
+        shares_greedy_pass,
+    )
+    from agents.skipnet import build_skipnet, freeze_batch_norm
+
+    torch.manual_seed(0)
+    arch = {"depth": 14, "num_classes": 10, "widths": [4, 8, 16]}
+    model = build_skipnet({**arch, "gate": {"type": gate_type}})
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt).train()
+    x = torch.randn(32, 3, 16, 16).to(memory_format=fmt)  # B x 3 x H x W
+    labels = torch.randint(0, 10, (32,))
+    assert not shares_greedy_pass(model)  # train-mode batch norm: not exact, falls back
+    freeze_batch_norm(model)
+    assert shares_greedy_pass(model)
+
+    gen = torch.Generator().manual_seed(3)
+    out, (g_logits, g_executed) = sample_with_greedy(model, x, generator=gen, explore=0.6)
+    ref_logits, ref_executed = greedy_routes(model, x)
+    assert torch.equal(g_executed, ref_executed)
+    torch.testing.assert_close(g_logits, ref_logits)
+    differs = (out.executed != g_executed).any(dim=1)  # B
+    assert differs.any() and not differs.all()  # both forked and shared routes are covered
+    assert not g_logits.requires_grad
+
+    grads, losses = [], []
+    for share in (True, False):
+        model.zero_grad(set_to_none=True)
+        gen = torch.Generator().manual_seed(5)
+        loss, ce, out = hrl_step_loss(
+            model,
+            x,
+            labels,
+            generator=gen,
+            alpha=0.5,
+            baseline="greedy",
+            explore=0.6,
+            share_greedy=share,
+        )
+        loss.backward()
+        losses.append((loss.detach(), ce.detach(), out.executed))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert torch.equal(losses[0][2], losses[1][2])  # same sampled routes
+    torch.testing.assert_close(losses[0][0], losses[1][0])
+    torch.testing.assert_close(losses[0][1], losses[1][1])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)

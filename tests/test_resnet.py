@@ -170,3 +170,48 @@ def test_cuda_skipping_matches_cpu() -> None:
         cpu = model.forward_skip(x, execute)
         gpu = model.cuda().forward_skip(x.cuda(), execute.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_put_rows_copies_the_rows_bit_for_bit(
+    dtype: torch.dtype, channels_last: bool, channels: int
+) -> None:
+    """put_rows's 8-byte word path (and its fallback for odd row sizes) equals index_copy."""
+    from skipenv.models.resnet import put_rows
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(8, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    rows = torch.randn(3, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    index = torch.tensor([6, 1, 4])
+    expected = out.clone().index_copy_(0, index, rows)
+    result = put_rows(out, index, rows, inplace=True)
+    assert result is out and result.is_contiguous(memory_format=fmt)
+    assert torch.equal(result, expected)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_skipping_block_gradients_reach_its_weights_from_a_constant_input(
+    channels_last: bool,
+) -> None:
+    """A projection block fed an input without gradient (a frozen stem) still passes its
+    weights' gradients through real skipping, equal to the masked formulation's."""
+    from skipenv.models.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    block = BasicBlock(4, 8, stride=2).to(memory_format=fmt).eval()
+    x = torch.randn(6, 4, 8, 8).to(memory_format=fmt)  # no gradient
+    execute = torch.tensor([True, False, True, True, False, False])
+    grads = []
+    for out in (
+        lambda: block.forward_skip(x, execute),
+        lambda: block.forward_masked(x, execute.float()),
+    ):
+        block.zero_grad(set_to_none=True)
+        out().square().sum().backward()
+        grads.append([p.grad.clone() for p in block.parameters()])
+    for skip, masked in zip(*grads, strict=True):
+        torch.testing.assert_close(skip, masked)

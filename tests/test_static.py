@@ -24,7 +24,7 @@ from agents.static import (
 )
 from skipenv.data.loader import normalize
 from skipenv.data.splits import CifarSplit
-from skipenv.envs.vector_env import SkipNetVectorEnv
+from skipenv.envs.vector_env import SkipNetVectorEnv, last_step_info
 from skipenv.models.checkpoint import load_checkpoint, save_checkpoint
 from skipenv.models.pretrained import export_weights
 from skipenv.models.resnet import SkipResNet, build_resnet
@@ -140,7 +140,7 @@ def test_static_route_drives_the_env_like_forward_skip(net: SkipResNet) -> None:
         actions.append(agent.act(obs))
         obs, _, terminated, _, info = venv.step(actions[-1])
     assert terminated.all()
-    final = info["final_info"]
+    final = last_step_info(info)  # the terminal step's info, in any autoreset mode
     with torch.no_grad():
         logits = agent.forward(venv.backbone, normalize(data.images))  # 8 x 10
     assert np.array_equal(np.stack(actions, axis=1), agent.decisions(8).long().numpy())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium
 import numpy as np
 import pytest
@@ -229,3 +231,48 @@ def test_bad_reset_options_and_arguments(tiny_model):
     envs.step(np.ones(2, dtype=np.int64))
     with pytest.raises(ValueError, match="num_envs"):
         make_vec(tiny_model, 0)
+
+
+@pytest.mark.parametrize("obs_mode", ["vector", "activation", "dict"])
+def test_observations_pool_the_routed_activations_every_step(tiny_model, obs_mode):
+    """Each step's observation pools the activations of the same route run by the backbone
+    (only the executing images' rows are pooled again after an identity block): with some,
+    none and all images executing, and across the projection blocks."""
+    from skipenv.envs.episode import pool_to_grid
+
+    env = make_vec(tiny_model, num_envs=6, obs_mode=obs_mode)
+    indices = np.arange(6)
+    obs, _ = env.reset(seed=0, options={"indices": indices})
+    backbone = env.backbone
+    c_max = max(backbone.block_channels)
+    actions = [
+        np.array([1, 0, 1, 0, 0, 1]),
+        np.zeros(6, dtype=np.int64),  # nobody executes: the last observation again
+        np.ones(6, dtype=np.int64),
+        np.array([0, 1, 1, 0, 1, 0]),
+        np.array([1, 1, 0, 0, 0, 0]),
+    ]
+    assert len(actions) == K
+    handed = []  # (observation, a copy of it)
+    with torch.inference_mode():
+        route = backbone.start(env.episodes.inputs(indices))
+        for step, action in enumerate(actions):
+            before = obs
+            obs, *_ = env.step(action)
+            handed.append((obs, copy.deepcopy(obs)))
+            if step == K - 1:  # autoreset: the terminal observation is in final_obs
+                break
+            backbone.advance(route, torch.from_numpy(action.astype(bool)))
+            h = route.h  # 6 x C x H x W
+            c = h.shape[1]
+            if obs_mode != "activation":
+                pooled = obs if obs_mode == "vector" else obs["pooled"]
+                np.testing.assert_allclose(pooled[:, :c], h.mean(dim=(2, 3)).numpy(), atol=1e-6)
+                assert not pooled[:, c:c_max].any()  # channel padding
+            if obs_mode != "vector":
+                grid = obs if obs_mode == "activation" else obs["activation"]
+                np.testing.assert_allclose(grid[:, :c], pool_to_grid(h).numpy(), atol=1e-6)
+            if obs_mode == "vector" and not action.any() and not backbone.blocks[step + 1].projects:
+                np.testing.assert_array_equal(obs[:, :c], before[:, :c])
+    for given, kept in handed:  # the arrays handed out are not overwritten by later steps
+        assert_same(given, kept)

@@ -39,6 +39,7 @@ from agents.static import RouteGate, greedy_static_route, route_flops_fraction, 
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import (
     BACKBONE_KINDS,
+    CheckpointError,
     checkpoint_arch,
     load_backbone,
     load_checkpoint,
@@ -106,6 +107,8 @@ def choose_route(args: Args, backbone: SkipResNet, device: torch.device) -> tupl
 
 
 def main(args: Args) -> dict:
+    # a name or a path, resolved before anything is made (no run folder on a bad --checkpoint)
+    start = resolve_checkpoint(args.checkpoint) if not args.resume else None
     dist = distributed.setup(args.device)
     if dist.enabled:
         raise ValueError(
@@ -130,7 +133,7 @@ def main(args: Args) -> dict:
             raise ValueError(f"--route {args.route} differs from the resumed run's {route}")
         config = source["config"] | {"resumed_with": config}
     else:
-        source = load_checkpoint(resolve_checkpoint(args.checkpoint), BACKBONE_KINDS, device)
+        source = load_checkpoint(start, BACKBONE_KINDS, device)
     model = load_backbone(source, map_location=device).to(memory_format=fmt)
     arch = {k: v for k, v in checkpoint_arch(source).items() if k != "gate"}
     if not args.resume:
@@ -198,4 +201,7 @@ def main(args: Args) -> dict:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    try:
+        main(tyro.cli(Args))
+    except CheckpointError as err:
+        raise SystemExit(f"static.py: error: {err}") from None

@@ -195,6 +195,7 @@ class Episodes:
         self.observation_space = observation_space(obs_mode, self.c_max, self.num_blocks)
 
         self._route: Route | None = None
+        self._pooled: torch.Tensor | None = None  # B x width, the last observation's rows
         self.batch_size = 0
         self.next_block = 0
         self.indices = np.zeros(0, dtype=np.int64)  # B
@@ -250,7 +251,7 @@ class Episodes:
             first = self.macs_table.stem + self.macs_table.block_execute[0]
             self.macs = np.full(b, first, dtype=np.int64)
             self.prediction = self.loss = None
-            obs = self._observe(self._route.h)
+            obs = self._observe(self._route.h, None)
         return obs, self._info()
 
     def step(self, execute: np.ndarray) -> tuple[Obs, np.ndarray, bool, dict[str, np.ndarray]]:
@@ -264,7 +265,22 @@ class Episodes:
             raise RuntimeError("no episode is running; call start() first")
         block = route.next_block
         with torch.inference_mode():
-            self.backbone.advance(route, torch.from_numpy(execute).to(self.device))
+            execute_t = torch.from_numpy(execute).to(self.device)  # B bool
+            outputs: list[torch.Tensor] = []  # what the block computed: R executing images
+            module = self.backbone.blocks[block]
+            hook = None
+            if not module.projects:  # the skipping images' activations stay as they were
+                hook = module.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+            try:
+                self.backbone.advance(route, execute_t)
+            finally:
+                if hook is not None:
+                    hook.remove()
+            changed = None  # None: every row may have changed
+            if hook is not None and len(outputs) <= 1:
+                run = torch.nonzero(execute_t).squeeze(1)  # R, ascending as in split_rows
+                if run.numel() == 0 or (outputs and outputs[0].shape[0] == run.numel()):
+                    changed = (run, outputs[0] if outputs else None)
             done = route.done
             if done:
                 logits = self.backbone.finish(route)  # B x num_classes
@@ -280,7 +296,7 @@ class Episodes:
                 self.macs += self.macs_table.head
                 self.prediction = final[:, 1].astype(np.int64)
                 self.loss = final[:, 0].astype(np.float64)
-            obs = self._observe(route.h)
+            obs = self._observe(route.h, changed)
 
         if self.reward == "paper":
             rewards = np.where(execute, 0.0, self.alpha / self.num_decisions)  # B
@@ -298,15 +314,45 @@ class Episodes:
 
     # -- observations and infos
 
-    def _observe(self, h: torch.Tensor) -> Obs:
+    def _observe(
+        self, h: torch.Tensor, changed: tuple[torch.Tensor, torch.Tensor | None] | None
+    ) -> Obs:
         """Observation of activations ``h`` (B x C x H x W) after block ``next_block - 1``.
 
-        Pooled on the device into one fresh zeroed buffer (the zeros are the channel padding)
-        laid out as the host arrays: [activation C_max x 8 x 8 | pooled C_max | 2 slots], each
-        part present for its modes; then one transfer.
+        Pooled on the device into a zeroed buffer (the zeros are the channel padding) laid out
+        as the host arrays: [activation C_max x 8 x 8 | pooled C_max | 2 slots], each part
+        present for its modes; then one transfer. ``changed`` = (``run``: R ascending image
+        indices, ``y``: their new activations, R x C x H x W, or None when R = 0) says that
+        only those rows of ``h`` differ from the last observation's (an identity-shortcut
+        block): only they are pooled again, into the kept buffer.
         """
+        if changed is not None and self._pooled is not None:
+            run, y = changed
+            if y is not None:
+                self._pooled.index_copy_(0, run, self._pool_rows(y))  # R rows pooled again
+            flat = self._pooled
+        else:
+            flat = self._pool_rows(h)  # B x width
+            self._pooled = flat
+        b, size = h.shape[0], self._activation_size
+        host = flat.cpu().numpy()  # the step's one transfer
+        if flat.device.type == "cpu":  # the same memory: the kept buffer changes next step
+            host = host.copy()
+        if self.obs_mode == "vector":
+            return self._finish_obs(host)
+        activation_np = host[:, :size].reshape(b, self.c_max, POOL, POOL)
+        if self.obs_mode == "activation":
+            return activation_np
+        return self._finish_obs({"activation": activation_np, "pooled": host[:, size:]})
+
+    @property
+    def _activation_size(self) -> int:
+        return 0 if self.obs_mode == "vector" else self.c_max * POOL * POOL
+
+    def _pool_rows(self, h: torch.Tensor) -> torch.Tensor:
+        """The device part of the observation rows of activations ``h``: B x width."""
         b, c = h.shape[:2]
-        size = 0 if self.obs_mode == "vector" else self.c_max * POOL * POOL
+        size = self._activation_size
         width = {"vector": self.c_max + 2, "activation": size, "dict": size + self.c_max}
         flat = h.new_zeros(b, width[self.obs_mode])  # B x width
         if self.obs_mode != "vector":
@@ -314,13 +360,7 @@ class Episodes:
             activation[:, :c] = pool_to_grid(h)
         if self.obs_mode != "activation":
             flat[:, size : size + c] = h.mean(dim=(2, 3))  # B x C
-        host = flat.cpu().numpy()  # the step's one transfer
-        if self.obs_mode == "vector":
-            return self._finish_obs(host)
-        activation_np = host[:, :size].reshape(b, self.c_max, POOL, POOL)
-        if self.obs_mode == "activation":
-            return activation_np
-        return self._finish_obs({"activation": activation_np, "pooled": host[:, size:]})
+        return flat
 
     def _finish_obs(self, obs: Obs) -> Obs:
         """Write the block and FLOPs entries (host-side counters) into ``obs``."""

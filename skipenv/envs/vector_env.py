@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -17,11 +18,20 @@ from skipenv.envs.render import render_episode
 from skipenv.utils import check_int
 
 
+@functools.lru_cache(maxsize=8)
+def _all_true(num_envs: int) -> np.ndarray:
+    mask = np.ones(num_envs, dtype=bool)
+    mask.flags.writeable = False  # one array for every mask of every step
+    return mask
+
+
 def with_masks(info: dict[str, np.ndarray], num_envs: int) -> dict[str, np.ndarray]:
-    """Gymnasium's vector info layout: every key ``k`` gets a mask ``_k`` (here all True)."""
+    """Gymnasium's vector info layout: every key ``k`` gets a mask ``_k`` (here all True; the
+    masks are one read-only array)."""
+    mask = _all_true(num_envs)
     out: dict[str, np.ndarray] = {}
     for key, value in info.items():
-        out[key], out[f"_{key}"] = value, np.ones(num_envs, dtype=bool)
+        out[key], out[f"_{key}"] = value, mask
     return out
 
 

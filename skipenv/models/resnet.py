@@ -66,10 +66,40 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.index_select(0, index)
 
 
+def _row_words(x: torch.Tensor) -> torch.Tensor | None:
+    """``x`` (B x ...) as B rows of 8-byte words, a view sharing its memory; None when its
+    layout (dense NCHW or NHWC) or row size does not allow one."""
+    if x.is_contiguous():
+        flat = x.view(x.shape[0], -1)
+    elif _channels_last(x):
+        flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # a view: NHWC is dense
+    else:
+        return None
+    if flat.shape[1] * flat.element_size() % 8 or flat.element_size() > 8:
+        return None
+    return flat.view(torch.float64)  # B x words
+
+
 def put_rows(
     out: torch.Tensor, index: torch.Tensor, rows: torch.Tensor, inplace: bool
 ) -> torch.Tensor:
-    """``out`` with images ``index`` replaced by ``rows``; in place when ``inplace``."""
+    """``out`` with images ``index`` replaced by ``rows``; in place when ``inplace``.
+
+    In place, the rows are copied as 8-byte words: CPU ``index_copy_`` moves one element at a
+    time, so on the flat word view it does a quarter of the moves for bfloat16 (a half for
+    float32). The bits are copied unchanged.
+    """
+    if (
+        inplace
+        and not _needs_graph(out, rows)  # a dtype view is not differentiable
+        and rows.dtype == out.dtype
+    ) and rows.is_contiguous(
+        memory_format=torch.channels_last if _channels_last(out) else torch.contiguous_format
+    ):
+        out_words, row_words = _row_words(out), _row_words(rows)
+        if out_words is not None and row_words is not None and rows.shape[0] == index.numel():
+            out_words.index_copy_(0, index, row_words)
+            return out
     if _channels_last(out):
         out_nhwc, rows_nhwc = out.permute(0, 2, 3, 1), rows.permute(0, 2, 3, 1)
         if inplace:
