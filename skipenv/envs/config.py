@@ -81,7 +81,8 @@ class EnvConfig:
     """
 
     split: str = "train"
-    """CIFAR-10 split to draw images from: train, val, train-full or test"""
+    """CIFAR-10 split to draw images from: train, val, train-full, test or sample (the
+    1,000 val images shipped in the package)"""
     depth: int = 38
     """ResNet depth; a checkpoint of another depth is a CheckpointError"""
     checkpoint: str | Path | None = None
