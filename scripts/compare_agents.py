@@ -104,6 +104,7 @@ from skipenv.utils import atomic_write, write_json
 
 GATE_AGENT = "GateAgent"
 REFERENCE = "AlwaysExecute"
+BASELINE_FAMILIES = ("RandomSkip", "FixedPattern", "StaticRoute")  # drawn dashed in the plot
 MANIFEST_KINDS = ("sb3", "openloop", "gate", "skipnet")
 
 
@@ -461,6 +462,19 @@ def reference_points(split: str, depth: int) -> list[dict[str, Any]]:
     return points
 
 
+def zoom_window(rows: Sequence[dict[str, Any]]) -> tuple[float, float, float, float] | None:
+    """FLOPs and accuracy limits (%) of the plot's zoom panel: FLOPs >= 35%, accuracy from 12
+    points below the best row (the band where routing agents compete) up to the best; None when
+    no row falls in it (then the plot has one panel)."""
+    best = max(100 * r["accuracy"] for r in rows)
+    inside = [r for r in rows if r["flops_fraction"] >= 0.35 and 100 * r["accuracy"] >= best - 12]
+    if len(rows) < 2 or len(inside) == len(rows) or not inside:
+        return None
+    x0 = min(100 * r["flops_fraction"] for r in inside)
+    y0 = min(100 * r["accuracy"] for r in inside)
+    return x0 - 2, 102.0, y0 - 0.5, best + 0.8
+
+
 def plot(
     rows: Sequence[dict[str, Any]],
     path: Path,
@@ -469,14 +483,40 @@ def plot(
 ) -> None:
     """Accuracy against FLOPs: one marker and line per family (its operating points in FLOPs
     order, named in the legend), the plain network as a dashed reference line, the Pareto
-    front of all rows, and the shipped models (``references``, registry numbers) in grey."""
+    front of all rows, and the shipped models (``references``, registry numbers) in grey.
+    Where rows spread far below the best ones, a second panel zooms on the top accuracy band
+    (:func:`zoom_window`), where the agents worth comparing lie."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    window = zoom_window(rows)
+    fig, axes = plt.subplots(1, 2 if window else 1, figsize=(14 if window else 8, 5.5),
+                             squeeze=False)  # fmt: skip
+    for ax in axes[0]:
+        draw_pareto(ax, plt, rows, references)
+    if window:
+        ax = axes[0][1]
+        ax.set_xlim(window[0], window[1])
+        ax.set_ylim(window[2], window[3])
+        ax.set_title("zoom: the top accuracy band", fontsize=9)
+        x0, x1, y0, y1 = window
+        box = plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ls="--", lw=0.8, ec="grey")
+        axes[0][0].add_patch(box)
+    fig.suptitle(title, fontsize=10)
+    axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def draw_pareto(
+    ax: Any, plt: Any, rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]
+) -> None:
+    """One panel of :func:`plot` on the matplotlib axes ``ax``."""
     markers = "o^sDv<>pP*Xh"
-    fig, ax = plt.subplots(figsize=(8, 5.5))
     families: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
@@ -490,7 +530,13 @@ def plot(
             ax.scatter(xs, ys, color="black", marker="s", zorder=3)
             continue
         color = colors[(2 * i) % 20 + (2 * i) // 20 % 2]
-        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family, linewidth=1.2, color=color)
+        # baselines dashed and thin, learned agents solid: the eye finds the agents first
+        # (matched random rows are one per agent, not a curve: markers only)
+        baseline = family.startswith(BASELINE_FAMILIES)
+        style = "none" if "matched" in family else "--" if baseline else "-"
+        ax.plot(xs, ys, marker=markers[i % len(markers)], label=family, color=color,
+                linewidth=0.9 if baseline else 1.4, linestyle=style,
+                markersize=4 if baseline else 6)  # fmt: skip
     front = pareto_front([(100 * r["flops_fraction"], 100 * r["accuracy"]) for r in rows])
     ax.plot(*zip(*front, strict=True), "k:", lw=1.5, zorder=2, label="Pareto front (all rows)")
     if references:
@@ -502,16 +548,10 @@ def plot(
             short = r["name"].split("-", 1)[-1] if r["kind"] == "hrl" else r["name"]
             above = r["kind"] == "base"  # plain and SP sit together at 100%: one above, one below
             ax.annotate(short, (x, y), textcoords="offset points", xytext=(0, 6 if above else -11),
-                        fontsize=7, color="grey", ha="center")  # fmt: skip
+                        fontsize=7, color="grey", ha="center", clip_on=True)  # fmt: skip
     ax.set_xlabel("executed FLOPs (% of the full network's MACs)")
     ax.set_ylabel("top-1 accuracy (%)")
-    ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
 
 
 def write_text(path: Path, text: str) -> None:
