@@ -18,6 +18,7 @@ from conftest import REPO, load_script
 from PIL import Image
 from synthetic import write_folder
 
+from agents import leaderboard
 from agents.gates import RNNGate
 from agents.skipnet import SkipNet, load_skipnet
 from skipenv.models.checkpoint import load_backbone, load_checkpoint, save_checkpoint
@@ -215,11 +216,11 @@ def test_demo_routes_the_shipped_sample_and_draws_the_picture(
 
 def test_pareto_front_and_checkpoint_alpha() -> None:
     points = [(50, 57), (66, 78), (66.1, 88), (76, 78), (100, 86), (83, 87)]
-    assert compare.pareto_front(points) == [(50, 57), (66, 78), (66.1, 88)]
+    assert leaderboard.pareto_front(points) == [(50, 57), (66, 78), (66.1, 88)]
     assert compare.checkpoint_alpha({"kind": "hrl", "config": {"alpha": 0.6}}) == 0.6
     assert compare.checkpoint_alpha({"kind": "sp", "config": {"alpha": 3}}) == 0.1
     assert compare.checkpoint_alpha({"kind": "hrl", "config": {}}, default=0.2) == 0.2
-    refs = compare.reference_points("val", 38)
+    refs = leaderboard.reference_points("val", 38)
     assert {r["name"] for r in refs} >= {"resnet38", "skipnet38-hrl-a0.6"}
-    assert compare.reference_points("train", 38) == []
+    assert leaderboard.reference_points("train", 38) == []
     assert np.isfinite([r["accuracy"] for r in refs]).all()
