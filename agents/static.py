@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from agents.baselines import FixedPattern
 from skipenv.data.loader import normalize
-from skipenv.data.splits import CifarSplit
+from skipenv.data.splits import CifarSplit, stratified_subset
 from skipenv.models.flops import MacsTable
 from skipenv.models.gating import Gate
 from skipenv.models.resnet import SkipResNet
@@ -262,16 +262,20 @@ def selection_batches(
     device: torch.device | str = "cpu",
     memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Normalised ``(x, y)`` batches of a seeded random subset of ``limit`` images of ``data``
-    (all of them, in order, when ``limit`` is None or not smaller), for the greedy search."""
+    """Normalised ``(x, y)`` batches of a stratified subset of ``limit`` images of ``data``
+    (:func:`skipenv.data.splits.stratified_subset` with ``seed``: every class in its share;
+    all images, in order, when ``limit`` is None or not smaller), for the greedy search.
+
+    Raises:
+        ValueError: ``limit`` < 1.
+    """
     n = len(data)
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of images or None, got {limit!r}")
     if limit is None or limit >= n:
         index = torch.arange(n)
     else:
-        g = torch.Generator().manual_seed(seed)
-        index = torch.randperm(n, generator=g)[:limit].sort().values  # limit
+        index = stratified_subset(data.labels, limit, seed)  # limit
     out = []
     for i in range(0, len(index), batch_size):
         rows = index[i : i + batch_size]

@@ -57,7 +57,7 @@ class Args:
     fractions: list[float] = field(default_factory=lambda: [0.5, 0.75])
     """fractions of the K decidable blocks a random route runs; the oracle uses the first"""
     limit: int | None = None
-    """use a seeded random subset of this many images (default: all)"""
+    """use a stratified subset of this many images (every class in its share; default: all)"""
     data_dir: str | None = None
     """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
     device: str = "auto"

@@ -6,7 +6,7 @@ For every shipped HRL model M (``--models``, default all of kind hrl), the budge
 ``flops_fraction`` (registry): backbone MACs run over the full network's, M's gate left out,
 so a static route and M are compared at equal backbone MACs (M's gate adds its
 ``flops_fraction_with_gate`` - ``flops_fraction`` on top). Routes are chosen greedily
-(:func:`agents.static.greedy_static_route`) on ``--select-limit`` val images (a seeded random
+(:func:`agents.static.greedy_static_route`) on ``--select-limit`` val images (a stratified
 subset, forward passes in ``--amp``), on two backbones:
 
 - ``--reference`` (default ``resnet38``), once down to the lowest budget: the drop sequence
@@ -48,7 +48,7 @@ class Args:
     split: str = "val"
     """split the routes are chosen on and evaluated on"""
     select_limit: int = 1000
-    """images (seeded random subset of --split) the greedy search measures"""
+    """images (stratified subset of --split) the greedy search measures"""
     seed: int = 0
     """seeds the subset"""
     amp: str = "bf16"

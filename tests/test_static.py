@@ -269,3 +269,18 @@ def test_train_static_needs_route_or_budget(
         static.main(static_args(data_root, base_checkpoint, tmp_path / "x"))
     with pytest.raises(ValueError, match="block 0"):
         static.main(static_args(data_root, base_checkpoint, tmp_path / "y", route="011111"))
+
+
+def test_selection_batches_take_every_class_in_its_share() -> None:
+    # labels ordered by class, as in an image folder: the first images are one class only
+    labels = torch.arange(10).repeat_interleave(6)  # 60 images, 6 per class
+    data = CifarSplit(torch.zeros(60, 3, 32, 32, dtype=torch.uint8), labels)
+    batches = selection_batches(data, 20, seed=3, batch_size=7)
+    y = torch.cat([b for _, b in batches])
+    assert torch.bincount(y, minlength=10).tolist() == [2] * 10
+    assert [len(b) for _, b in batches] == [7, 7, 6]
+    again = torch.cat([b for _, b in selection_batches(data, 20, seed=3, batch_size=20)])
+    assert torch.equal(again, y)
+    assert len(torch.cat([b for _, b in selection_batches(data, None)])) == 60
+    with pytest.raises(ValueError, match="got 0"):
+        selection_batches(data, 0)

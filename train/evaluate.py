@@ -116,7 +116,7 @@ def main(args: Args) -> dict:
     }
     print(
         f"{args.checkpoint} ({payload['kind']}, ResNet-{backbone.depth}) on {args.split} "
-        f"({results['num_images']} images): accuracy {results['accuracy']:.4f}, "
+        f"({results['num_images']} images): accuracy {100 * results['accuracy']:.2f}%, "
         f"FLOPs {100 * results['flops_fraction']:.1f}% "
         f"({100 * results['flops_fraction_with_gate']:.1f}% with the gate), "
         f"blocks {100 * results['block_fraction']:.1f}%, "

@@ -68,7 +68,7 @@ class Args(RunArgs):
     select_split: str = "val"
     """split the greedy route is chosen on"""
     select_limit: int = 1000
-    """images of --select-split (a seeded random subset) the greedy search measures"""
+    """images of --select-split (a stratified subset) the greedy search measures"""
     epochs: float = 3.0
     """passes over the training split (match the HRL stage compared with)"""
     lr: float = 1e-3
