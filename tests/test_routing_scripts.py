@@ -1,5 +1,5 @@
 """The routing scripts on tiny checkpoints and synthetic images: compare_agents' routing
-diagnostics, skip_tolerance.py and routing_figure.py."""
+diagnostics, skip_tolerance.py, route_headroom.py and routing_figure.py."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from skipenv.training.routing import static_route_correct
 
 compare = load_script("scripts/compare_agents.py")
 tolerance = load_script("scripts/skip_tolerance.py")
+headroom = load_script("scripts/route_headroom.py")
 figure = load_script("scripts/routing_figure.py")
 
 
@@ -158,3 +159,65 @@ def test_hybrid_logs_routing_in_metrics_jsonl(
         routing = m["val_routing"]
         assert routing["num_images"] == 20 and routing["accuracy"] == m["val_accuracy"]
         assert sum(routing["blocks_histogram"]) == 20 and routing["static_accuracy"] is not None
+
+
+def test_route_headroom_deltas_are_the_paper_rewards_of_the_flipped_routes(
+    sp_checkpoint: Path, data_root: Path, tmp_path: Path
+) -> None:
+    out, alpha = tmp_path / "h.json", 0.6
+    result = headroom.main(headroom.Args(
+        checkpoint=str(sp_checkpoint), alpha=alpha, data_dir=str(data_root), folds=2, json=out,
+        progress=False, device="cpu",
+    ))  # fmt: skip
+    assert json.loads(out.read_text()) == result
+    assert result["num_images"] == 20 and len(result["decisions"]) == 5
+    payload = torch.load(sp_checkpoint, weights_only=True)
+    backbone = build_resnet(14, widths=(4, 8, 16))
+    backbone.load_state_dict(payload["model"])
+    backbone.eval()
+    val = load_cifar10("val", data_root, progress=False)
+    x, y = normalize(val.images), val.labels
+    flags = [c == "1" for c in result["route"]]
+
+    def run(route: list[bool]) -> torch.Tensor:
+        decisions = torch.tensor(route[1:]).expand(len(y), -1)  # B x K
+        with torch.no_grad():
+            return backbone.forward_skip(x, decisions)  # B x classes
+
+    base = run(flags)
+    ce_base = torch.nn.functional.cross_entropy(base, y, reduction="none")
+    right_base = base.argmax(1) == y
+    assert result["route_accuracy"] == pytest.approx(right_base.float().mean().item())
+    for row in result["decisions"]:
+        flipped = list(flags)
+        flipped[row["block"]] = not flipped[row["block"]]
+        logits = run(flipped)
+        ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
+        sign = 1 if flags[row["block"]] else -1
+        delta = sign * alpha / 5 - (ce - ce_base)
+        assert row["better"] == pytest.approx((delta > 0).float().mean().item())
+        assert row["oracle_gain"] == pytest.approx(delta.clamp_min(0).mean().item(), abs=1e-5)
+        right = logits.argmax(1) == y
+        assert row["acc_up"] == pytest.approx((right & ~right_base).float().mean().item())
+        assert row["acc_down"] == pytest.approx((~right & right_base).float().mean().item())
+    assert "| block | R |" in headroom.format_table(result)
+
+
+def test_route_headroom_needs_a_route_for_a_gateless_checkpoint(tmp_path: Path) -> None:
+    backbone = build_resnet(14, widths=(4, 8, 16))
+    arch = {"name": "cifar_resnet", "depth": 14, "widths": [4, 8, 16], "num_classes": 10}
+    payload = {"kind": "base", "config": {}, "arch": arch, "model": backbone.state_dict()}
+    path = save_checkpoint(tmp_path / "b.pt", payload)
+    with pytest.raises(ValueError, match="--route"):
+        headroom.main(headroom.Args(checkpoint=str(path), data_dir=str(tmp_path / "none"),
+                                    progress=False, device="cpu"))  # fmt: skip
+
+
+def test_route_headroom_classifier_finds_a_linear_signal_and_not_noise() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(400, 8))
+    target = features[:, 2] + 0.3 * rng.normal(size=400) > 0.5
+    assert headroom.auc(target, headroom.cv_proba(features, target, 5, 0)) > 0.9
+    noise = rng.random(400) < 0.3
+    assert 0.35 < headroom.auc(noise, headroom.cv_proba(features, noise, 5, 0)) < 0.65
+    assert headroom.cv_proba(features, np.zeros(400, dtype=bool), 5, 0) is None
