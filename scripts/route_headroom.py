@@ -31,7 +31,8 @@ can tell those images apart when it decides. Per decision the script reports:
   delta_k a ridge regression on the pooled outputs of blocks 0..k predicts > 0 (held-out
   folds): change of the mean reward, of the accuracy (points) and of ``flops_fraction``
   against R for every image; ``policy_vs_random``: its accuracy minus that of flipping the
-  same number of images at random (points, equal FLOPs): what choosing per image adds.
+  same number of images at random (points, equal FLOPs): what choosing per image adds;
+  ``probe_policy_*``: the same with the linear probe's confidence added to the regression.
 
 Few images with delta_k > 0 and AUCs near 0.5 mean that no gate with this input can route
 per image better than R: REINFORCE then converges to R (results/ablation-hrl).
@@ -176,7 +177,7 @@ def main(args: Args) -> dict[str, Any]:
         import sklearn  # noqa: F401
     except ImportError as err:
         raise SystemExit(
-            "scripts/route_headroom.py needs scikit-learn: pip install -e '.[dev]'"
+            "scripts/route_headroom.py needs scikit-learn: pip install -e '.[analysis]'"
         ) from err
     device = resolve_device(args.device)
     set_threads(args.threads)
@@ -256,6 +257,9 @@ def main(args: Args) -> dict[str, Any]:
             p_probe = cv_proba(probe, target, args.folds, args.seed)
             flip = cv_predict(history, delta, args.folds, args.seed) > 0  # n
             acc_policy = np.where(flip, right.numpy(), right_base.numpy()).mean()
+            richer = np.concatenate([history, probe], axis=1)  # n x (sum(C_0..C_d) + 3)
+            flip_probe = cv_predict(richer, delta, args.folds, args.seed) > 0  # n
+            acc_probe = np.where(flip_probe, right.numpy(), right_base.numpy()).mean()
             acc_change = float((right.float() - right_base.float()).mean())  # flipping all
             rows.append(
                 {
@@ -277,6 +281,10 @@ def main(args: Args) -> dict[str, Any]:
                     "policy_flops": float(-sign * block_flops[d + 1] * flip.mean()),
                     "policy_vs_random": float(
                         100 * (acc_policy - acc_base - flip.mean() * acc_change)
+                    ),
+                    "probe_policy_flipped": float(flip_probe.mean()),
+                    "probe_policy_vs_random": float(
+                        100 * (acc_probe - acc_base - flip_probe.mean() * acc_change)
                     ),
                 }
             )
@@ -317,9 +325,9 @@ def format_table(results: dict[str, Any]) -> str:
         "",
         "| block | R | better % | oracle gain | acc up / down % | AUC gate | AUC history | "
         "AUC probe | AUC late | flipped % | policy gain | policy acc pts | policy FLOPs pts | "
-        "vs random flips pts |",
+        "vs random flips pts | with probe: flipped % / vs random pts |",
         "| ---: | :---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | "
-        "---: | ---: |",
+        "---: | ---: | ---: |",
     ]
     for r in results["decisions"]:
         lines.append(
@@ -330,7 +338,8 @@ def format_table(results: dict[str, Any]) -> str:
             f"{num(r['auc_probe'], '.3f')} | {num(r['auc_late'], '.3f')} | "
             f"{100 * r['policy_flipped']:.1f} | {r['policy_gain']:+.4f} | "
             f"{r['policy_acc']:+.2f} | {100 * r['policy_flops']:+.2f} | "
-            f"{r['policy_vs_random']:+.2f} |"
+            f"{r['policy_vs_random']:+.2f} | {100 * r['probe_policy_flipped']:.1f} / "
+            f"{r['probe_policy_vs_random']:+.2f} |"
         )
     return "\n".join(lines)
 
