@@ -15,18 +15,8 @@ cd "$(dirname "$0")/.."
 R=${1:-runs/pretrained38}
 PY=${PYTHON:-python}
 
-stage() {  # stage OUT SCRIPT ARGS...: run train/SCRIPT into OUT unless OUT/final.pt exists
-    local out=$1 script=$2
-    shift 2
-    if [[ -f $out/final.pt ]]; then
-        echo "== $out: done"
-        return
-    fi
-    local resume=()
-    [[ -f $out/last.pt ]] && resume=(--resume)
-    echo "== $out: $PY train/$script --out $out $* ${resume[*]}"
-    "$PY" "train/$script" --out "$out" "$@" "${resume[@]}"
-}
+# shellcheck source=scripts/lib/stage.sh
+source scripts/lib/stage.sh
 
 stage "$R/base" base.py --depth 38 --epochs 80 --amp bf16
 stage "$R/sp" supervised.py --init "$R/base/final.pt" --depth 38 --epochs 4 --amp bf16
