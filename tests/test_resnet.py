@@ -194,6 +194,30 @@ def test_put_rows_copies_the_rows_bit_for_bit(
     assert torch.equal(result, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_take_rows_copies_the_rows_bit_for_bit(
+    dtype: torch.dtype, channels_last: bool, channels: int
+) -> None:
+    """take_rows's 8-byte word path (and its fallbacks: odd row sizes, a misaligned view,
+    autograd) equals index_select and keeps the memory format."""
+    from skipenv.models.resnet import take_rows
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    for index in (torch.tensor([6, 1, 4]), torch.tensor([], dtype=torch.long)):
+        for source in (x, x[1:]):  # x[1:]: a view whose rows may not start on 8 bytes
+            rows = take_rows(source, index)
+            assert torch.equal(rows, source.index_select(0, index))
+            assert rows.shape == (index.numel(), *x.shape[1:])
+            assert rows.is_contiguous(memory_format=fmt)
+    leaf = x.float().requires_grad_()
+    take_rows(leaf, torch.tensor([2, 0])).sum().backward()  # under autograd: differentiable
+    assert leaf.grad[[0, 2]].eq(1).all() and leaf.grad[1].eq(0).all()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_skipping_block_gradients_reach_its_weights_from_a_constant_input(
     channels_last: bool,

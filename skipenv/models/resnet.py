@@ -103,9 +103,18 @@ def _channels_last(x: torch.Tensor) -> bool:
 def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The images ``index`` of ``x`` (B x C x H x W), keeping its memory format.
 
-    For channels_last tensors the gather runs on the contiguous NHWC view, which is several
-    times faster than ``index_select`` on the strided NCHW view.
+    Without autograd, the rows are gathered as 8-byte words of the dense (NCHW or NHWC)
+    layout: about twice as fast as ``index_select`` on float32 elements on CPU; the bits are
+    copied unchanged. Otherwise, for channels_last tensors the gather runs on the contiguous
+    NHWC view, which is several times faster than ``index_select`` on the strided NCHW view.
     """
+    words = None if _needs_graph(x) else _row_words(x)  # B x words
+    if words is not None:
+        rows = words.index_select(0, index).view(x.dtype)  # R x (C * H * W)
+        if _channels_last(x):
+            _, c, h, w = x.shape
+            return rows.view(index.numel(), h, w, c).permute(0, 3, 1, 2)
+        return rows.view(index.numel(), *x.shape[1:])
     if _channels_last(x):
         return x.permute(0, 2, 3, 1).index_select(0, index).permute(0, 3, 1, 2)
     return x.index_select(0, index)
@@ -120,7 +129,8 @@ def _row_words(x: torch.Tensor) -> torch.Tensor | None:
         flat = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # a view: NHWC is dense
     else:
         return None
-    if flat.shape[1] * flat.element_size() % 8 or flat.element_size() > 8:
+    size = flat.element_size()
+    if flat.shape[1] * size % 8 or size > 8 or flat.storage_offset() * size % 8:
         return None
     return flat.view(torch.float64)  # B x words
 
