@@ -11,13 +11,15 @@
 # with folded batch norm (skipping-bf16.json), env_throughput.py (native env up to N = 4096 on
 # cuda, synthetic images so no data is needed), hrl_step.py (bf16; before/after, folded and
 # unfolded batch norm in one run, synthetic images) and data.py (channels_last; only where
-# CIFAR-10 is found: $SKIPNET_DATA). On cuda the full suite is sized to finish in under 10
-# minutes on one GPU; every case runs channels_last, the bf16 ones under autocast (no
-# torch.compile or CUDA graphs: the skipping path's shapes change with every batch's routes).
-# CPU runs use OMP_NUM_THREADS (default 1) threads, CPU-time clocks (--clock cpu: steadier on
-# a shared machine) and CPU sizes (fewer rounds, batch 256, N <= 256): about 15-25 minutes on
-# a shared 2-core machine; --quick takes a few minutes. suite.json lists each benchmark's
-# command, exit status and wall time; a failing benchmark is recorded and the suite goes on.
+# CIFAR-10 is found: $SKIPNET_DATA). On cuda the full suite is meant to finish in under 10
+# minutes on one GPU (not run on one yet); skipping, HRL and data run channels_last, the env
+# its device default (NCHW on cuda), the bf16 cases under autocast (no torch.compile or CUDA
+# graphs: the skipping path's shapes change with every batch's routes). CPU runs use
+# OMP_NUM_THREADS (default 1) threads, CPU-time clocks (--clock cpu: steadier on a shared
+# machine) and CPU sizes (fewer rounds, batch 256, N <= 256): 734 s on the shared 2-core
+# machine; --quick 79 s.
+# suite.json lists each benchmark's command, exit status and wall time; a failing benchmark
+# is recorded and the suite goes on.
 set -u -o pipefail
 
 device=cuda
