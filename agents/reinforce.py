@@ -16,7 +16,7 @@ from torch import nn
 
 from agents.gates import ExploringGate
 from skipenv.models.gating import decide, log_prob
-from skipenv.models.resnet import GatedOutput, take_rows
+from skipenv.models.resnet import GatedOutput, batch_norm_folded, take_rows
 from skipenv.training.devices import autocast
 
 BASELINES = ("none", "mean", "greedy")
@@ -317,6 +317,7 @@ def hrl_step_loss(
     entropy: float = 0.0,
     supervised: bool = True,
     share_greedy: bool = True,
+    fold_bn: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The forward passes and loss of one HRL step on images ``x`` (B x 3 x H x W).
 
@@ -331,6 +332,12 @@ def hrl_step_loss(
     :func:`shares_greedy_pass`) and no wrapper ``net`` must run the forward; otherwise the
     two passes run one after the other.
 
+    With ``fold_bn``, every conv + batch-norm pair whose batch norm is in eval mode (frozen,
+    as in HRL) runs as one convolution with folded weights, recomputed from the parameters
+    at each call (``skipenv.models.resnet.conv_bn``): gradients reach the same parameters,
+    the separate batch-norm passes forward and backward go away; losses and gradients equal
+    the unfolded step's up to float rounding. Batch norms in train mode are left as they are.
+
     Returns:
         The loss, the cross-entropy alone, and the sampled forward's ``GatedOutput``.
     """
@@ -341,15 +348,16 @@ def hrl_step_loss(
         and (net is None or net is model)
         and shares_greedy_pass(model)
     )
-    if shared:
-        with autocast(device, amp):
-            out, greedy = sample_with_greedy(model, x, generator=generator, explore=explore)
-    else:
-        greedy = greedy_routes(model, x, amp) if baseline == "greedy" else None
-        with autocast(device, amp):
-            out = (net or model)(
-                x, mode="sample", routing="skip", generator=generator, explore=explore
-            )
+    with batch_norm_folded(model.backbone, fold_bn):
+        if shared:
+            with autocast(device, amp):
+                out, greedy = sample_with_greedy(model, x, generator=generator, explore=explore)
+        else:
+            greedy = greedy_routes(model, x, amp) if baseline == "greedy" else None
+            with autocast(device, amp):
+                out = (net or model)(
+                    x, mode="sample", routing="skip", generator=generator, explore=explore
+                )
     loss, ce = hybrid_loss(
         out.logits,
         out.probs,

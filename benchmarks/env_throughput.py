@@ -18,7 +18,9 @@ Each timed repeat runs whole episodes (at least ``--min-episodes``, and at least
 ``--min-steps`` env steps), after one untimed warm-up episode. The cases run in rounds, each
 round in a shuffled order, so slow drift of a shared machine affects them alike; a case's rate
 is the median over ``--repeats`` rounds, and its ratio to the limit (``over_limit``) the median
-of its per-round ratio to the limit's rate in the same round.
+of its per-round ratio to the limit's rate in the same round. ``--clock cpu`` times this
+process's CPU time instead of wall time (CPU only; on a shared machine it leaves out the
+waits for a core).
 
     python benchmarks/env_throughput.py                      # real CIFAR-10 val images
     python benchmarks/env_throughput.py --synthetic --repeats 3 --json results/env.json
@@ -66,13 +68,17 @@ def sync_cuda(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_rate(run: Callable[[], int], device: torch.device) -> tuple[float, float, int]:
-    """(items ``run`` reports) / seconds of one call, the seconds and the items."""
+def timed_rate(
+    run: Callable[[], int], device: torch.device, clock: str = "wall"
+) -> tuple[float, float, int]:
+    """(items ``run`` reports) / seconds of one call, the seconds and the items; wall time,
+    or with ``clock="cpu"`` this process's CPU time."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     sync_cuda(device)
-    start = time.perf_counter()
+    start = now()
     items = run()
     sync_cuda(device)
-    elapsed = time.perf_counter() - start
+    elapsed = now() - start
     return items / elapsed, elapsed, items
 
 
@@ -214,11 +220,19 @@ def main() -> None:
     parser.add_argument(
         "--skip", nargs="*", default=[], help="cases to leave out: single sync native sb3 limit"
     )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (CPU only; steadier on a shared machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error(f"--clock cpu times CPU work only; use --clock wall on {device}")
     tuned = device.type == "cpu" and not args.default_malloc and tune_cpu_allocator()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -241,7 +255,7 @@ def main() -> None:
     print(
         f"device {device}, ResNet-{args.depth} (K = {k} decisions), data {data.split} "
         f"({len(data)} images), median of {args.repeats}, threads {torch.get_num_threads()}, "
-        f"tuned allocator {tuned}, channels_last {channels_last}"
+        f"tuned allocator {tuned}, channels_last {channels_last}, {args.clock} clock"
     )
 
     rows: list[dict] = []
@@ -283,7 +297,7 @@ def main() -> None:
     for _ in range(args.repeats):
         shuffler.shuffle(order)
         for key in order:
-            results[key].append(timed_rate(cases[key][0], device))
+            results[key].append(timed_rate(cases[key][0], device, args.clock))
     for close in closers:
         close()
     limit_key = ("limit", args.limit_batch)
@@ -306,6 +320,7 @@ def main() -> None:
                 "depth": args.depth,
                 "device": str(device),
                 "data": data.split,
+                "clock": args.clock,
             }
         )
 

@@ -7,12 +7,19 @@
 # --out     folder for the JSON, the logs and suite.json (default: results/suite-DEVICE).
 # --quick   small sizes, to check the script end to end in a few minutes on a CPU.
 #
-# Cases: skipping.py (ResNet-38/110; batch 1024 on cuda), env_throughput.py (native env up to
-# N = 4096 on cuda, synthetic images so no data is needed), hrl_step.py (before/after in one
-# run, synthetic images) and data.py (only where CIFAR-10 is found: $SKIPNET_DATA). On cuda the
-# full suite is sized to finish in under 10 minutes on one GPU. CPU runs use
-# OMP_NUM_THREADS (default 1) threads. suite.json lists each benchmark's command, exit status
-# and wall time; a failing benchmark is recorded and the suite goes on.
+# Cases: skipping.py (ResNet-38/110, float32; batch 1024 on cuda), the same under bf16 autocast
+# with folded batch norm (skipping-bf16.json), env_throughput.py (native env up to N = 4096 on
+# cuda, synthetic images so no data is needed), hrl_step.py (bf16; before/after, folded and
+# unfolded batch norm in one run, synthetic images) and data.py (channels_last; only where
+# CIFAR-10 is found: $SKIPNET_DATA). On cuda the full suite is meant to finish in under 10
+# minutes on one GPU (not run on one yet); skipping, HRL and data run channels_last, the env
+# its device default (NCHW on cuda), the bf16 cases under autocast (no torch.compile or CUDA
+# graphs: the skipping path's shapes change with every batch's routes). CPU runs use
+# OMP_NUM_THREADS (default 1) threads, CPU-time clocks (--clock cpu: steadier on a shared
+# machine) and CPU sizes (fewer rounds, batch 256, N <= 256): 734 s on the shared 2-core
+# machine; --quick 79 s.
+# suite.json lists each benchmark's command, exit status and wall time; a failing benchmark
+# is recorded and the suite goes on.
 set -u -o pipefail
 
 device=cuda
@@ -23,7 +30,7 @@ while [[ $# -gt 0 ]]; do
         --device) device="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --quick) quick=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -u/p' "$0" | sed '$d'; exit 0 ;;
         *) echo "gpu_suite.sh: unknown argument '$1' (use --device cpu|cuda, --out DIR, --quick)" >&2
            exit 2 ;;
     esac
@@ -38,9 +45,11 @@ out="${out:-results/suite-$device}"
 mkdir -p "$out"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 threads=()
+clock=()
 if [[ "$device" == "cpu" ]]; then
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
     threads=(--threads "$OMP_NUM_THREADS")
+    clock=(--clock cpu)
 fi
 py="${PYTHON:-python}"
 
@@ -56,10 +65,10 @@ elif [[ "$device" == "cuda" ]]; then
     hrl=(--batch-size 128 --repeats 11)
     data=(--channels-last)
 else
-    skipping=(--depths 38 110 --batch-size 256 --repeats 11)
-    env=(--native-envs 64 256 --sync-envs 64 --limit-batch 256 --repeats 5)
-    hrl=(--batch-size 128 --repeats 11)
-    data=()
+    skipping=(--depths 38 110 --batch-size 256 --repeats 5)
+    env=(--native-envs 64 256 --sync-envs 64 --limit-batch 256 --repeats 3)
+    hrl=(--batch-size 128 --repeats 5)
+    data=(--channels-last)
 fi
 amp=(--amp bf16)
 
@@ -83,12 +92,14 @@ run() {  # run NAME CMD...: log to $out/NAME.log, record status and wall time
 }
 
 suite_start=$(date +%s)
-run skipping "$py" benchmarks/skipping.py --device "$device" "${threads[@]}" "${skipping[@]}" \
-    --json "$out/skipping.json"
+run skipping "$py" benchmarks/skipping.py --device "$device" "${threads[@]}" "${clock[@]}" \
+    "${skipping[@]}" --json "$out/skipping.json"
+run skipping-bf16 "$py" benchmarks/skipping.py --device "$device" "${threads[@]}" "${clock[@]}" \
+    "${skipping[@]}" "${amp[@]}" --fold-bn --json "$out/skipping-bf16.json"
 run env_throughput "$py" benchmarks/env_throughput.py --device "$device" "${threads[@]}" \
-    --synthetic "${env[@]}" --json "$out/env_throughput.json"
-run hrl_step "$py" benchmarks/hrl_step.py --device "$device" "${threads[@]}" --synthetic \
-    "${amp[@]}" --baseline-impl "${hrl[@]}" --json "$out/hrl_step.json"
+    "${clock[@]}" --synthetic "${env[@]}" --json "$out/env_throughput.json"
+run hrl_step "$py" benchmarks/hrl_step.py --device "$device" "${threads[@]}" "${clock[@]}" \
+    --synthetic "${amp[@]}" --baseline-impl "${hrl[@]}" --json "$out/hrl_step.json"
 if [[ -n "${SKIPNET_DATA:-}" && -d "${SKIPNET_DATA:-}" ]]; then
     run data "$py" benchmarks/data.py --device "$device" "${data[@]}" --json "$out/data.json"
 else

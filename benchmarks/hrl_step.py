@@ -21,7 +21,11 @@ it was before issue 13 (``benchmarks/legacy_routing.py``) to the same rounds. Wi
 baseline, ``hrl`` shares the sampled pass with the greedy routes where they coincide
 (``agents.reinforce.sample_with_greedy``) and ``hrl (two passes)`` runs them one after the
 other (``share_greedy=False``), in the same rounds; the output says for what share of the
-decisions an image's two routes coincided.
+decisions an image's two routes coincided. ``hrl`` runs each conv + frozen batch norm as one
+folded convolution (``fold_bn=True``, train/hybrid.py's default); ``hrl (BN not folded)`` is
+the same step with the two layers (``--no-fold-bn``), in the same rounds. ``--clock cpu``
+times this process's CPU time instead of wall time (CPU only; on a machine shared with other
+jobs it leaves out the waits for a core).
 
     python benchmarks/hrl_step.py --amp bf16 --baseline-impl --json results/hrl_step.json
 """
@@ -52,23 +56,28 @@ from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.gating import FixedGate
 from skipenv.models.pretrained import resolve_checkpoint
+from skipenv.models.resnet import batch_norm_folded
 from skipenv.training.devices import autocast, resolve_device, tune_cpu_allocator
 from skipenv.utils import write_json
 
 
 class Phases:
-    """Seconds per named phase of one call (synchronising CUDA at each mark)."""
+    """Seconds per named phase of one call (synchronising CUDA at each mark), by ``clock``:
+    ``wall`` (``time.perf_counter``) or ``cpu`` (``time.process_time``, the CPU time of this
+    process: on a machine shared with other jobs it leaves out the time spent waiting for a
+    core, which wall time counts; on an idle machine with 1 thread the two agree)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, clock: str = "wall") -> None:
         self.device, self.times = device, {}
+        self.now = time.process_time if clock == "cpu" else time.perf_counter
 
     def start(self) -> None:
         self._sync()
-        self.times, self._last = {}, time.perf_counter()
+        self.times, self._last = {}, self.now()
 
     def mark(self, name: str) -> None:
         self._sync()
-        now = time.perf_counter()
+        now = self.now()
         self.times[name] = self.times.get(name, 0.0) + now - self._last
         self._last = now
 
@@ -104,6 +113,12 @@ def main() -> None:
         help="also time the pre-issue-13 routing and gate pooling in the same rounds",
     )
     parser.add_argument("--no-sp", action="store_true", help="leave out the SP (masked) step")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (CPU only; steadier on a shared machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args()
@@ -115,6 +130,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error(f"--clock cpu times CPU work only; use --clock wall on {device}")
     if device.type == "cpu":
         tune_cpu_allocator()
     fmt = torch.channels_last
@@ -149,7 +166,7 @@ def main() -> None:
     shared_prefix: list[float] = []  # share of decisions before an image's routes fork
     sampled: list[tuple[float, float]] = []  # (block fraction, FLOPs fraction) per HRL step
     table = skipnet.backbone.macs_table()  # flops_fraction: backbone MACs, gate left out
-    phases = Phases(device)
+    phases = Phases(device, args.clock)
 
     def full_step() -> None:
         with autocast(device, args.amp):
@@ -163,7 +180,7 @@ def main() -> None:
         opts["full"].step()
         phases.mark("optimiser")
 
-    def hrl_step(share: bool = True) -> None:  # exactly what train/hybrid.py runs
+    def hrl_step(share: bool = True, fold: bool = True) -> None:  # what train/hybrid.py runs
         loss, _, out = hrl_step_loss(
             skipnet,
             x,
@@ -174,6 +191,7 @@ def main() -> None:
             explore=args.explore,
             amp=args.amp,
             share_greedy=share,
+            fold_bn=fold,
         )
         phases.mark("forwards+loss")
         opts["hrl"].zero_grad(set_to_none=True)
@@ -185,7 +203,34 @@ def main() -> None:
             (float(out.executed.float().mean()), float(table.flops_fraction(out.executed).mean()))
         )
 
-    def hrl_phases(share: bool = True) -> None:  # hrl_step_loss's pieces, then the backbone
+    def hrl_phases(share: bool = True, fold: bool = True) -> None:
+        # hrl_step_loss's pieces, then the backbone alone on the same routes
+        with batch_norm_folded(skipnet.backbone, fold):
+            greedy, out = hrl_forwards(share)
+        loss, _ = hybrid_loss(
+            out.logits,
+            out.probs,
+            out.executed,
+            y,
+            alpha=args.alpha,
+            baseline=args.baseline,
+            greedy=greedy,
+        )
+        phases.mark("loss")
+        opts["hrl"].zero_grad(set_to_none=True)
+        loss.backward()
+        phases.mark("backward")
+        opts["hrl"].step()
+        phases.mark("optimiser")
+        fixed = FixedGate(out.executed[:, 1:])
+        with batch_norm_folded(skipnet.backbone, fold), autocast(device, args.amp):
+            logits = skipnet.backbone.forward_gated(x, fixed, mode="greedy").logits
+        phases.mark("same routes, no gate: forward")
+        opts["hrl"].zero_grad(set_to_none=True)
+        F.cross_entropy(logits.float(), y).backward()
+        phases.mark("same routes, no gate: backward")
+
+    def hrl_forwards(share: bool) -> tuple:
         greedy = None
         if args.baseline == "greedy" and share:
             with autocast(device, args.amp):
@@ -205,28 +250,7 @@ def main() -> None:
             with autocast(device, args.amp):
                 out = skipnet(x, mode="sample", generator=generator, explore=args.explore)
             phases.mark("sampled forward")
-        loss, _ = hybrid_loss(
-            out.logits,
-            out.probs,
-            out.executed,
-            y,
-            alpha=args.alpha,
-            baseline=args.baseline,
-            greedy=greedy,
-        )
-        phases.mark("loss")
-        opts["hrl"].zero_grad(set_to_none=True)
-        loss.backward()
-        phases.mark("backward")
-        opts["hrl"].step()
-        phases.mark("optimiser")
-        fixed = FixedGate(out.executed[:, 1:])
-        with autocast(device, args.amp):
-            logits = skipnet.backbone.forward_gated(x, fixed, mode="greedy").logits
-        phases.mark("same routes, no gate: forward")
-        opts["hrl"].zero_grad(set_to_none=True)
-        F.cross_entropy(logits.float(), y).backward()
-        phases.mark("same routes, no gate: backward")
+        return greedy, out
 
     def sp_step() -> None:
         with autocast(device, args.amp):
@@ -245,6 +269,8 @@ def main() -> None:
         "full": (full_step, contextlib.nullcontext),
         "hrl": (hrl_step, contextlib.nullcontext),
         "hrl phases": (hrl_phases, contextlib.nullcontext),
+        "hrl (BN not folded)": (lambda: hrl_step(fold=False), contextlib.nullcontext),
+        "hrl phases (BN not folded)": (lambda: hrl_phases(fold=False), contextlib.nullcontext),
     }
     if args.baseline == "greedy":  # the greedy baseline as a second pass (before round 2)
         cases["hrl (two passes)"] = (lambda: hrl_step(share=False), contextlib.nullcontext)
@@ -255,8 +281,8 @@ def main() -> None:
     if not args.no_sp:
         cases["sp"] = (sp_step, contextlib.nullcontext)
     if args.baseline_impl:
-        cases["hrl (before)"] = (lambda: hrl_step(share=False), legacy)
-        cases["hrl phases (before)"] = (lambda: hrl_phases(share=False), legacy)
+        cases["hrl (before)"] = (lambda: hrl_step(share=False, fold=False), legacy)
+        cases["hrl phases (before)"] = (lambda: hrl_phases(share=False, fold=False), legacy)
     rng = random.Random(args.seed)
     times: dict[str, list[float]] = {name: [] for name in cases}
     parts: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -291,6 +317,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "repeats": args.repeats,
         "data": "synthetic" if args.synthetic else "cifar10-train",
+        "clock": args.clock,
         "hrl_sampled_block_fraction": blocks,
         "hrl_sampled_flops_fraction": flops,
         "greedy_shared_decision_fraction": (
@@ -305,7 +332,8 @@ def main() -> None:
     }
     print(
         f"device {device}, batch {args.batch_size}, threads {torch.get_num_threads()}, "
-        f"amp {args.amp}, baseline {args.baseline}, median of {args.repeats} rounds"
+        f"amp {args.amp}, baseline {args.baseline}, {args.clock} clock, "
+        f"median of {args.repeats} rounds"
     )
     print(
         f"HRL sampled {100 * blocks:.1f}% of blocks, {100 * flops:.1f}% of FLOPs "

@@ -15,6 +15,12 @@ without it, a case timed right after one with other tensor sizes paid for the me
 allocator's adjustments (seen as the full network running 8% slower than the identical
 all-execute skip path).
 
+``--amp bf16`` (or ``fp16`` on CUDA) runs every case, the full network included, under
+autocast; ``--fold-bn`` runs every case with each conv + batch norm as one folded
+convolution (``SkipResNet.fold_batch_norm``; eval mode, so the outputs are the same
+up to float rounding). ``--clock cpu`` times this process's CPU time instead of wall time
+(CPU only): on a machine shared with other jobs it leaves out the waits for a core.
+
     python benchmarks/skipping.py                       # ResNet-38 and -110, batch 256
     python benchmarks/skipping.py --json results/skipping.json
 """
@@ -32,7 +38,7 @@ import torch
 
 from skipenv.models.flops import MacsTable
 from skipenv.models.resnet import build_resnet
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import AMP_CHOICES, autocast, resolve_device, tune_cpu_allocator
 from skipenv.utils import write_json
 
 
@@ -43,15 +49,17 @@ def rate_for_fraction(table: MacsTable, fraction: float) -> float:
     return min(1.0, max(0.0, (fraction * table.full - fixed) / span))
 
 
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    """Seconds one call of ``fn`` takes (synchronising CUDA)."""
+def timed(fn: Callable[[], object], device: torch.device, clock: str = "wall") -> float:
+    """Seconds one call of ``fn`` takes (synchronising CUDA): wall time, or with ``clock="cpu"``
+    this process's CPU time."""
+    now = time.process_time if clock == "cpu" else time.perf_counter
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = now()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return now() - start
 
 
 def bench_depth(
@@ -62,9 +70,13 @@ def bench_depth(
     device: torch.device,
     channels_last: bool,
     seed: int,
+    fold_bn: bool = False,
+    clock: str = "wall",
+    amp: str = "none",
 ) -> list[dict]:
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_resnet(depth).to(device, memory_format=fmt).eval()
+    model.fold_batch_norm(fold_bn)  # every case alike, the full network included
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch_size, 3, 32, 32, generator=gen).to(device, memory_format=fmt)
     table = model.macs_table()
@@ -82,14 +94,14 @@ def bench_depth(
     times: dict[tuple[str, float], list[float]] = {key: [] for key in cases}
     order = list(cases)
     shuffler = random.Random(seed)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, amp):
         for fn in cases.values():  # warm-up
             fn()
         for _ in range(repeats):
             shuffler.shuffle(order)  # no case always runs first
             for key in order:
                 cases[key]()  # untimed: the allocator and caches settle into this case's sizes
-                times[key].append(timed(cases[key], device))
+                times[key].append(timed(cases[key], device, clock))
     full_times = times[("full", 1.0)]
     full = statistics.median(full_times)
     rows = []
@@ -111,6 +123,9 @@ def bench_depth(
                 "batch_size": batch_size,
                 "repeats": repeats,
                 "device": str(device),
+                "fold_bn": fold_bn,
+                "amp": amp,
+                "clock": clock,
             }
         )
     return rows
@@ -147,18 +162,33 @@ def main() -> None:
         help="keep glibc's default allocator settings "
         "(see skipenv.training.devices.tune_cpu_allocator)",
     )
+    parser.add_argument("--amp", choices=AMP_CHOICES, default="none", help="autocast of every case")
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold each batch norm into its conv in every case (SkipResNet.fold_batch_norm)",
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall time, or this process's CPU time (CPU only; steadier on a shared machine)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
+    if args.clock == "cpu" and device.type != "cpu":
+        parser.error(f"--clock cpu times CPU work only; use --clock wall on {device}")
     tuned = device.type == "cpu" and not args.default_malloc and tune_cpu_allocator()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     print(
         f"device {device}, batch {args.batch_size}, median of {args.repeats}, "
         f"threads {torch.get_num_threads()}, channels_last {not args.no_channels_last}, "
-        f"tuned allocator {tuned}"
+        f"tuned allocator {tuned}, folded batch norm {args.fold_bn}, amp {args.amp}, "
+        f"{args.clock} clock"
     )
     rows: list[dict] = []
     for depth in args.depths:
@@ -170,6 +200,9 @@ def main() -> None:
             device,
             not args.no_channels_last,
             args.seed,
+            args.fold_bn,
+            args.clock,
+            args.amp,
         )
     print_table(rows)
     skip_ok = all(

@@ -83,3 +83,15 @@ def test_global_avg_pool_matches_mean(dtype: torch.dtype, channels_last: bool) -
     assert grads[0].is_contiguous(memory_format=fmt)
     with pytest.raises(ValueError, match="B x C x H x W"):
         global_avg_pool(h[0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_global_avg_pool_is_bit_exact_on_cifar_sizes(channels_last: bool) -> None:
+    """Sum-then-divide gives the bits of ``mean`` for power-of-two H x W (32, 16, 8 on
+    CIFAR), in bfloat16 too (the division by a power of two is exact)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(1)
+    for c, size in ((16, 32), (32, 16), (64, 8)):
+        for dtype in (torch.float32, torch.bfloat16):
+            h = torch.randn(9, c, size, size, generator=gen).to(dtype).to(memory_format=fmt)
+            assert torch.equal(global_avg_pool(h), h.mean(dim=(2, 3)))

@@ -147,3 +147,49 @@ def test_shared_greedy_pass_matches_the_two_plain_passes(
     torch.testing.assert_close(losses[0][1], losses[1][1])
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_hrl_step_with_folded_batch_norm_matches_the_plain_step(share: bool) -> None:
+    """fold_bn=True (frozen batch norm run as folded convs) gives the plain step's routes,
+    loss and gradients, batch-norm affine parameters and gate included."""
+    from agents.reinforce import hrl_step_loss
+    from agents.skipnet import build_skipnet, freeze_batch_norm
+
+    torch.manual_seed(0)
+    arch = {"depth": 14, "num_classes": 10, "widths": [4, 8, 16], "gate": {"type": "rnn"}}
+    model = build_skipnet(arch).double().to(memory_format=torch.channels_last).train()
+    gen = torch.Generator().manual_seed(8)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # away from the 0/1 init
+            m.running_mean.uniform_(-1.0, 1.0, generator=gen)
+            m.running_var.uniform_(0.5, 2.0, generator=gen)
+    freeze_batch_norm(model)
+    x = torch.randn(24, 3, 16, 16, generator=gen, dtype=torch.float64)
+    x = x.to(memory_format=torch.channels_last)  # B x 3 x H x W
+    labels = torch.randint(0, 10, (24,), generator=gen)
+    results = []
+    for fold in (False, True):
+        model.zero_grad(set_to_none=True)
+        loss, ce, out = hrl_step_loss(
+            model,
+            x,
+            labels,
+            generator=torch.Generator().manual_seed(5),
+            alpha=0.5,
+            baseline="greedy",
+            explore=0.5,
+            share_greedy=share,
+            fold_bn=fold,
+        )
+        loss.backward()
+        assert model.backbone.fold_bn is False
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), ce.detach(), out.executed, grads))
+    (l0, ce0, e0, g0), (l1, ce1, e1, g1) = results
+    assert torch.equal(e0, e1)  # same sampled routes
+    torch.testing.assert_close(l1, l0)
+    torch.testing.assert_close(ce1, ce0)
+    assert set(g0) == set(g1) and any(".bn" in n for n in g1) and any("gate" in n for n in g1)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], msg=name)

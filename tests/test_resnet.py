@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -192,6 +194,30 @@ def test_put_rows_copies_the_rows_bit_for_bit(
     assert torch.equal(result, expected)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("channels", [3, 16])
+def test_take_rows_copies_the_rows_bit_for_bit(
+    dtype: torch.dtype, channels_last: bool, channels: int
+) -> None:
+    """take_rows's 8-byte word path (and its fallbacks: odd row sizes, a misaligned view,
+    autograd) equals index_select and keeps the memory format."""
+    from skipenv.models.resnet import take_rows
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, channels, 5, 3, generator=gen).to(dtype).to(memory_format=fmt)
+    for index in (torch.tensor([6, 1, 4]), torch.tensor([], dtype=torch.long)):
+        for source in (x, x[1:]):  # x[1:]: a view whose rows may not start on 8 bytes
+            rows = take_rows(source, index)
+            assert torch.equal(rows, source.index_select(0, index))
+            assert rows.shape == (index.numel(), *x.shape[1:])
+            assert rows.is_contiguous(memory_format=fmt)
+    leaf = x.float().requires_grad_()
+    take_rows(leaf, torch.tensor([2, 0])).sum().backward()  # under autograd: differentiable
+    assert leaf.grad[[0, 2]].eq(1).all() and leaf.grad[1].eq(0).all()
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_skipping_block_gradients_reach_its_weights_from_a_constant_input(
     channels_last: bool,
@@ -215,3 +241,87 @@ def test_skipping_block_gradients_reach_its_weights_from_a_constant_input(
         grads.append([p.grad.clone() for p in block.parameters()])
     for skip, masked in zip(*grads, strict=True):
         torch.testing.assert_close(skip, masked)
+
+
+def _randomise_batch_norm(model: torch.nn.Module, seed: int) -> None:
+    """Running statistics and affine parameters away from their 0/1 init, so a wrong fold
+    would show."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=gen) * 2 - 1)
+            m.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
+            with torch.no_grad():
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(c, generator=gen) - 0.5)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("forward", ["full", "skip", "masked"])
+def test_folded_batch_norm_gives_the_same_outputs_and_gradients(
+    tiny_model: SkipResNet, channels_last: bool, forward: str
+) -> None:
+    """Folding each eval-mode batch norm into its conv changes neither the outputs nor the
+    gradients of any parameter (conv weights, batch-norm affine weights) or of the input."""
+    from skipenv.models.resnet import batch_norm_folded
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = tiny_model.double().to(memory_format=fmt).eval()
+    _randomise_batch_norm(model, 4)
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(7, 3, 32, 32, generator=gen, dtype=torch.float64).to(memory_format=fmt)
+    execute = torch.rand(7, model.num_decisions, generator=gen) > 0.5
+    execute[:, 0] = True  # a block every image runs, one none does
+    execute[:, 1] = False
+    run = {
+        "full": lambda xi: model(xi),
+        "skip": lambda xi: model.forward_skip(xi, execute),
+        "masked": lambda xi: model.forward_masked(xi, execute.double()),
+    }[forward]
+    results = []
+    for fold in (False, True):
+        model.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with batch_norm_folded(model, fold):
+            out = run(xi)  # B x 10
+        assert model.fold_bn is False  # restored on leaving the block
+        out.logsumexp(dim=1).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.detach(), xi.grad, grads))
+    (out0, gx0, g0), (out1, gx1, g1) = results
+    assert any("bn" in n for n in g1)  # the affine parameters are reached
+    assert set(g0) == set(g1)
+    torch.testing.assert_close(out1, out0)
+    torch.testing.assert_close(gx1, gx0)
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], msg=name)
+
+
+def test_train_mode_batch_norm_is_never_folded(tiny_model: SkipResNet) -> None:
+    """Batch norm in train mode uses the batch's statistics: folding the running ones would
+    be wrong, so fold_batch_norm leaves it (and its running statistics' update) alone."""
+    model = tiny_model.train()
+    x = torch.randn(5, 3, 32, 32)
+    plain = copy.deepcopy(model)
+    folded = copy.deepcopy(model).fold_batch_norm()
+    torch.testing.assert_close(folded(x), plain(x))
+    torch.testing.assert_close(folded.stem[1].running_mean, plain.stem[1].running_mean)
+    assert not torch.equal(folded.stem[1].running_mean, model.stem[1].running_mean)
+
+
+def test_folded_conv_bn_matches_torch_fusion() -> None:
+    """folded_conv_bn is the formula of torch.nn.utils.fusion, kept differentiable."""
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+    from skipenv.models.resnet import folded_conv_bn
+
+    conv, bn = torch.nn.Conv2d(3, 5, 3, bias=True), torch.nn.BatchNorm2d(5).eval()
+    _randomise_batch_norm(bn, 7)
+    weight, bias = folded_conv_bn(conv, bn)
+    ref_w, ref_b = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    torch.testing.assert_close(weight, ref_w.detach())
+    torch.testing.assert_close(bias, ref_b.detach())
+    assert weight.grad_fn is not None and bias.grad_fn is not None

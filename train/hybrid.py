@@ -99,6 +99,10 @@ class Args(RunArgs):
     """L2 weight decay (the authors' value)"""
     freeze_bn: bool = True
     """keep batch-norm statistics from SP fixed during HRL (see the module docstring)"""
+    fold_bn: bool = True
+    """with --freeze-bn, run each conv + frozen batch norm as one convolution with folded
+    weights (same gradients up to float rounding, fewer passes; agents.reinforce.hrl_step_loss);
+    --no-fold-bn runs them as two layers"""
     eval_every: int = 0
     """evaluate (and log) every this many steps; 0: at each epoch's end"""
     reward: str = "paper"
@@ -239,6 +243,7 @@ def main(args: Args) -> dict:
             block_cost=block_cost,
             entropy=args.entropy,
             supervised=not args.freeze_backbone,
+            fold_bn=args.fold_bn,
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

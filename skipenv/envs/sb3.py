@@ -77,20 +77,32 @@ def unbatch_info(info: dict[str, Any], num_envs: int) -> list[dict[str, Any]]:
     """Gymnasium's vector info (dict of arrays with ``_key`` masks) -> one dict per env.
 
     A key whose mask ``_key`` is False for env ``i`` is left out of env ``i``'s dict; nested
-    dicts (such as ``final_info``) are converted the same way.
+    dicts (such as ``final_info``) are converted the same way. Keys present for every env
+    are zipped into the dicts in one pass (this runs at every step of every env).
     """
-    out: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    keys: list[str] = []
+    columns: list[list[Any]] = []  # one list of num_envs values per key in keys
+    partial: list[tuple[str, list[Any], list[int]]] = []  # key, values, envs that have it
     for key, value in info.items():
         if key.startswith("_") and key[1:] in info:
             continue  # a mask
-        mask = info.get(f"_{key}")
         if isinstance(value, dict):
             column: list[Any] = unbatch_info(value, num_envs)
         else:
             column = _column(value, num_envs)
-        for i in range(num_envs):
-            if mask is None or mask[i]:
-                out[i][key] = column[i]
+        mask = info.get(f"_{key}")
+        if mask is None or bool(np.all(mask)):
+            keys.append(key)
+            columns.append(column)
+        else:
+            partial.append((key, column, np.flatnonzero(mask).tolist()))
+    if keys:
+        out = [dict(zip(keys, values, strict=True)) for values in zip(*columns, strict=True)]
+    else:
+        out = [{} for _ in range(num_envs)]
+    for key, column, envs in partial:
+        for i in envs:
+            out[i][key] = column[i]
     return out
 
 
@@ -180,8 +192,8 @@ class SB3VecEnv(VecEnv):
             self.reset_infos[i] = infos[i]
             infos[i] = {**infos[i], **final_infos[i]}  # the last step's info wins
             infos[i]["terminal_observation"] = row(final_obs, i, copy=True)
-        for i in range(self.num_envs):
-            infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        for env_info, cut in zip(infos, (truncated & ~terminated).tolist(), strict=True):
+            env_info["TimeLimit.truncated"] = cut
         rewards = np.asarray(rewards, dtype=np.float32)  # B
         return self._obs(obs), rewards, dones, infos
 
