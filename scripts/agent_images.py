@@ -12,7 +12,9 @@ static control (its most common route run on every val-eval image). With ``--tra
 the same agent is also routed through a stratified ``--train-limit`` of ``train`` (the images
 the backbone was trained on): how much more it skips, and how much less that costs, there.
 Per condition (runs with the same split and augmentation): the mean and the spread (max - min)
-over seeds. Writes ``OUT/agent_images.json`` and ``OUT/agent_images.md``.
+over seeds, and, since the runs land at different FLOPs, the accuracy at 50% FLOPs from one
+linear fit (:func:`matched_flops`). Writes ``OUT/agent_images.json`` and
+``OUT/agent_images.md``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import tyro
 
@@ -143,6 +146,39 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def matched_flops(rows: list[dict[str, Any]], at: float = 0.5) -> dict[str, Any] | None:
+    """Conditions compared at the same FLOPs: a least-squares fit of accuracy on FLOPs with
+    one slope for all runs and one intercept per condition. Gives each condition's accuracy
+    at FLOPs ``at`` and its difference from the first condition, each with its standard error
+    (from the residuals); None with too few runs (fewer than conditions + 2)."""
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    if len(rows) < len(conds) + 2:
+        return None
+    x = np.array(
+        [[r["flops_fraction"]] + [float(r["condition"] == c) for c in conds] for r in rows]
+    )  # runs x (1 + conditions)
+    y = np.array([r["accuracy"] for r in rows])  # runs
+    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+    dof = len(y) - len(coef)
+    sigma2 = float(((y - x @ coef) ** 2).sum()) / dof
+    cov = sigma2 * np.linalg.pinv(x.T @ x)
+    out: dict[str, Any] = {"at": at, "slope": float(coef[0]), "residual_sd": sigma2**0.5,
+                           "conditions": {}}  # fmt: skip
+    for i, cond in enumerate(conds):
+        level = np.zeros(len(coef))
+        level[0], level[1 + i] = at, 1.0
+        diff = np.zeros(len(coef))
+        diff[1 + i] += 1.0
+        diff[1] -= 1.0  # zero for the first condition
+        out["conditions"][cond] = {
+            "accuracy": float(level @ coef),
+            "accuracy_se": float(level @ cov @ level) ** 0.5,
+            "minus_first": float(diff @ coef),
+            "minus_first_se": float(max(diff @ cov @ diff, 0.0)) ** 0.5,
+        }
+    return out
+
+
 def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
     pct = lambda v: "" if v is None else f"{100 * v:.2f}"  # noqa: E731
     pc1 = lambda v: "" if v is None else f"{100 * v:.1f}"  # noqa: E731
@@ -188,16 +224,32 @@ def main(args: Args) -> dict[str, Any]:
     cache: dict[str, Any] = {}
     rows = [measure(args, Path(folder), device, cache) for folder in args.runs]
     summary = summarise(rows)
+    matched = matched_flops(rows)
     results = {
         "eval_split": "val-eval",
         "train_limit": args.train_limit,
         "rows": rows,
         "summary": summary,
+        "matched_flops": matched,
         "wall_s": time.monotonic() - started,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "agent_images.json", results)  # atomic, read back
     text = markdown(rows, summary)
+    if matched is not None:
+        first = next(iter(matched["conditions"]))
+        text += (
+            f"\nAt {100 * matched['at']:.0f}% FLOPs (one slope, "
+            f"{matched['slope']:.3f} accuracy per FLOPs, one intercept per condition; residual "
+            f"sd {100 * matched['residual_sd']:.2f} points):\n\n"
+            f"| training images | val-eval accuracy % | minus {first} (points) |\n"
+            "| --- | ---: | ---: |\n"
+        )
+        for cond, v in matched["conditions"].items():
+            text += (
+                f"| {cond} | {100 * v['accuracy']:.2f} +- {100 * v['accuracy_se']:.2f} | "
+                f"{100 * v['minus_first']:+.2f} +- {100 * v['minus_first_se']:.2f} |\n"
+            )
     (args.out / "agent_images.md").write_text(text)
     assert (args.out / "agent_images.md").read_text() == text
     print(text)

@@ -172,3 +172,34 @@ def test_sb3_trains_on_val_agent_augmented_and_evaluates_on_val_eval(root: Path)
     assert 0.0 <= r["train_accuracy"] <= 1.0 and 0.0 < r["train_flops_fraction"] <= 1.0
     assert table["summary"][0]["runs"] == 1
     assert json.loads((root.parent / "table" / "agent_images.json").read_text()) == table
+
+
+def test_the_rgb_frame_shows_the_augmented_image(tiny_model) -> None:
+    data = synthetic_split()
+    env = SkipNetEnv(
+        backbone=tiny_model, data=data, device="cpu", augment=True, render_mode="rgb_array"
+    )
+    _, info = env.reset(seed=3)
+    index = info["index"]
+    augmented = env.render()
+    plain = SkipNetEnv(backbone=tiny_model, data=data, device="cpu", render_mode="rgb_array")
+    plain.reset(options={"index": index})
+    assert not np.array_equal(augmented, plain.render())
+    env.episodes.shown = data.images[index : index + 1].clone()  # as if not augmented
+    np.testing.assert_array_equal(env.render(), plain.render())
+
+
+def test_matched_flops_recovers_the_offsets_of_a_linear_trade_off() -> None:
+    images = load_script("scripts/agent_images.py")
+    rows = [
+        {"condition": c, "flops_fraction": f, "accuracy": 0.5 + 0.6 * f + off + noise}
+        for c, off in (("train", 0.0), ("val-agent", -0.03))
+        for f, noise in ((0.45, 0.002), (0.5, -0.004), (0.55, 0.002))
+    ]
+    fit = images.matched_flops(rows, at=0.5)
+    assert fit["slope"] == pytest.approx(0.6)
+    v = fit["conditions"]["val-agent"]
+    assert v["minus_first"] == pytest.approx(-0.03) and 0 < v["minus_first_se"] < 0.01
+    assert fit["conditions"]["train"]["accuracy"] == pytest.approx(0.8, abs=1e-9)
+    assert fit["conditions"]["train"]["minus_first"] == 0.0
+    assert images.matched_flops(rows[:2]) is None  # 2 runs: too few for 1 condition + 2
