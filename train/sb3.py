@@ -106,7 +106,11 @@ class Args:
     num_envs: int = 64
     """B: episodes run in lockstep by the native vector env"""
     split: str = "train"
-    """images the agent trains on: train, val, train-full or test"""
+    """images the agent trains on: train, val-agent (the 3,000 val images outside val-eval),
+    val, train-full or test"""
+    augment: bool = False
+    """randomly crop and flip each training episode's image (the env's augment option); the
+    evaluation never augments"""
     eval_split: str = "val"
     """split of the final evaluation (val: the 5,000 held out of train)"""
     eval_limit: int | None = None
@@ -363,11 +367,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise FileExistsError(f"{last} exists: pass --resume to continue it, or a new --out")
         if args.resume:
             saved = json.loads((args.out / "run.json").read_text())["args"]
-            for key in ("algo", "checkpoint", "reward", "alpha", "lam", "num_envs", "split"):
-                if saved[key] != json.loads(json.dumps(getattr(args, key), default=str)):
+            keys = ("algo", "checkpoint", "reward", "alpha", "lam", "num_envs", "split", "augment")
+            for key in keys:
+                # runs from before --augment existed did not augment
+                before = saved.get(key, False) if key == "augment" else saved[key]
+                if before != json.loads(json.dumps(getattr(args, key), default=str)):
                     raise ValueError(
                         f"--resume: {args.out} was trained with --{key.replace('_', '-')} "
-                        f"{saved[key]!r}, not {getattr(args, key)!r}; pass the same value"
+                        f"{before!r}, not {getattr(args, key)!r}; pass the same value"
                     )
         if args.threads is not None:
             torch.set_num_threads(args.threads)
@@ -394,7 +401,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     # SB3 expects same-step autoreset (the native env defaults to Gymnasium's NEXT_STEP)
     native = SkipNetVectorEnv(
-        args.num_envs, config, data=train_data, autoreset_mode=AutoresetMode.SAME_STEP
+        args.num_envs,
+        dataclasses.replace(config, augment=args.augment),  # the evaluation's config: none
+        data=train_data,
+        autoreset_mode=AutoresetMode.SAME_STEP,
     )
     timer = TimedVecEnv(SB3VecEnv(native))
     venv: Any = VecMonitor(timer)
@@ -445,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(
         f"{SB3_ALGOS[args.algo][1]} on SkipNet-CIFAR10-v0: backbone {args.checkpoint} "
         f"({payload['kind']}, ResNet-{backbone.depth}, K = {native.num_decisions}), "
-        f"{args.split} ({len(train_data)} images), B = {args.num_envs}, reward {args.reward} "
+        f"{args.split} ({len(train_data)} images{', augmented' if args.augment else ''}), "
+        f"B = {args.num_envs}, reward {args.reward} "
         f"(alpha {args.alpha:g}, lam {args.lam:g}), obs {obs_mode}, normalize {normalize}\n"
         f"  hyperparameters: {hp}\n"
         f"  {'resuming at' if args.resume else 'starting at'} step {model.num_timesteps:,} of "

@@ -3,6 +3,10 @@
 Splits: ``"train"`` (45,000), ``"val"`` (a fixed stratified 5,000, 10% of each class, carved
 from the training images and independent of any user seed), ``"train-full"`` (50,000) and
 ``"test"`` (10,000; held out in this project, readable when the user has the official data).
+``"val-agent"`` and ``"val-eval"`` split ``val`` in two disjoint parts for routing agents
+(:func:`val_parts`): ``val-eval`` is the stratified 2,000 that agents are compared on (the
+leaderboard's ``--split val --limit 2000 --seed 0``), ``val-agent`` the other 3,000, images
+that no shipped backbone was trained on, for training agents on.
 ``"sample"`` is no part of those: 1,000 val images (100 per class) shipped inside the package
 (``skipenv/data/sample/``), for demos, tutorials and a first run with no download; it is
 read only when asked for by name, never in place of a missing split.
@@ -30,8 +34,8 @@ from skipenv.data.sources import (
     resolve_data_root,
 )
 
-SPLITS: tuple[str, ...] = ("train", "val", "train-full", "test", "sample")
-Split = Literal["train", "val", "train-full", "test", "sample"]
+SPLITS: tuple[str, ...] = ("train", "val", "train-full", "test", "sample", "val-agent", "val-eval")
+Split = Literal["train", "val", "train-full", "test", "sample", "val-agent", "val-eval"]
 
 SAMPLE_FILE = "cifar10-val-sample.npz"
 """The shipped sample (``skipenv/data/sample/``): ``images`` M x 3 x 32 x 32 uint8, ``labels`` M
@@ -51,8 +55,7 @@ class CifarSplit:
         images: ``M x 3 x 32 x 32`` uint8 tensor, RGB, values 0..255.
         labels: ``M`` int64 tensor, values in ``0..len(classes)-1``.
         classes: class names in label order.
-        split: the split name (``"train"``, ``"val"``, ``"train-full"``, ``"test"`` or
-            ``"sample"``).
+        split: the split name (one of :data:`SPLITS`).
         indices: ``M`` int64 positions of these images in the source split (the 50,000
             training images for train/val/train-full/sample, the 10,000 test images for test).
         source: ``"batches"``, ``"folder"`` or ``"sample"`` (empty when built by hand).
@@ -144,6 +147,41 @@ def split_indices(labels: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, t
     is_val[val] = True
     train = torch.nonzero(~is_val).reshape(-1)
     return train, val
+
+
+VAL_EVAL_SEED = 0
+"""Seed of :func:`stratified_subset` that picks ``val-eval`` within ``val`` (the leaderboard's
+``--seed 0``). Fixed, like :data:`VAL_SEED`: changing it changes which images agents train
+and are scored on."""
+
+
+def val_eval_count(m: int) -> int:
+    """Images of ``val-eval`` among ``m`` val images: 40%, rounded half up (5,000 -> 2,000)."""
+    return (2 * m + 2) // 5
+
+
+def val_parts(val_labels: torch.Tensor | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(agent, eval)``: sorted positions within ``val`` of ``val-agent`` and ``val-eval``.
+
+    ``eval`` is ``stratified_subset(val_labels, val_eval_count(M), seed=VAL_EVAL_SEED)``, the
+    2,000 val images (200 per class) that ``scripts/compare_agents.py --limit 2000`` and
+    ``evaluate_on(..., limit=2000, seed=0)`` route; ``agent`` is every other val position
+    (3,000; 300 per class). Disjoint, their union is every position of ``val``.
+
+    Args:
+        val_labels: the M labels of ``val``, in its order.
+
+    Raises:
+        ValueError: fewer than 2 val images (no room for two parts).
+    """
+    labels_t = torch.as_tensor(val_labels).reshape(-1)
+    m = len(labels_t)
+    if m < 2:
+        raise ValueError(f"val-agent and val-eval need at least 2 val images, got {m}")
+    evaluation = stratified_subset(labels_t, val_eval_count(m), seed=VAL_EVAL_SEED)
+    is_eval = torch.zeros(m, dtype=torch.bool)
+    is_eval[evaluation] = True
+    return torch.nonzero(~is_eval).reshape(-1), evaluation
 
 
 # ---------------------------------------------------------------------- subsets
@@ -249,7 +287,9 @@ def load_cifar10(
     Args:
         split: ``"train"`` (45,000 images), ``"val"`` (the fixed stratified 5,000 carved from
             the training images, see :func:`val_indices`), ``"train-full"`` (50,000, their
-            union), ``"test"`` (10,000; held out in this project) or ``"sample"`` (1,000 val
+            union), ``"val-agent"`` / ``"val-eval"`` (3,000 / the stratified 2,000 of val,
+            see :func:`val_parts`), ``"test"`` (10,000; held out in this project) or
+            ``"sample"`` (1,000 val
             images shipped in the package, :func:`load_sample`; ``root`` and the other
             arguments are not used).
         root: data root (see :func:`resolve_data_root`): ``root``, else ``$SKIPNET_DATA``,
@@ -283,9 +323,12 @@ def load_cifar10(
 
     located = locate(data_root, source_split, source, download)
     images, labels = load_source_split(located, cache_path, progress, rebuild)
-    if split in ("train", "val"):
+    if split in ("train", "val", "val-agent", "val-eval"):
         train_idx, val_idx = split_indices(labels)
         indices = train_idx if split == "train" else val_idx  # M int64
+        if split in ("val-agent", "val-eval"):
+            agent, evaluation = val_parts(labels.index_select(0, val_idx))
+            indices = val_idx.index_select(0, agent if split == "val-agent" else evaluation)
         images = images.index_select(0, indices)  # M x 3 x 32 x 32 uint8
         labels = labels.index_select(0, indices)  # M int64
     else:

@@ -81,8 +81,9 @@ class EnvConfig:
     """
 
     split: str = "train"
-    """CIFAR-10 split to draw images from: train, val, train-full, test or sample (the
-    1,000 val images shipped in the package)"""
+    """CIFAR-10 split to draw images from: train, val, train-full, test, sample (the 1,000
+    val images shipped in the package), val-agent or val-eval (the 3,000 / 2,000 parts of
+    val: agents train on the first and are compared on the second)"""
     depth: int = 38
     """ResNet depth; a checkpoint of another depth is a CheckpointError"""
     checkpoint: str | Path | None = None
@@ -109,6 +110,9 @@ class EnvConfig:
     """None, rgb_array or ansi"""
     channels_last: bool | None = None
     """NHWC memory format for the backbone (default: on CPU only)"""
+    augment: bool = False
+    """random 32 x 32 crop of the image padded by 4 zero pixels, and a horizontal flip with
+    probability 1/2, drawn per episode (the backbones' training augmentation)"""
 
     def __post_init__(self) -> None:
         if self.obs_mode not in OBS_MODES:
@@ -123,6 +127,8 @@ class EnvConfig:
             )
         if self.data is None and self.split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if not isinstance(self.augment, bool):
+            raise TypeError(f"augment must be True or False, got {self.augment!r}")
         check_int(self.depth, "depth", minimum=8)
         check_real(self.alpha, "alpha")
         check_real(self.lam, "lam")

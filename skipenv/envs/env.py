@@ -79,7 +79,16 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
 
     An image index drawn uniformly from the split with ``self.np_random`` (or
     ``options={"index": i}`` in :meth:`reset`); the image is normalised with the CIFAR-10
-    mean and std (no augmentation) and the stem and block 0 run.
+    mean and std (with ``augment=True`` first randomly cropped and flipped, drawn with
+    ``self.np_random``) and the stem and block 0 run.
+
+    Which images: by default ``split="train"``, the 45,000 images every shipped backbone was
+    trained on (and classifies better than new ones). It stays the default because agents
+    trained there generalise at least as well as the alternatives: scored on ``val-eval``,
+    they run the same FLOPs on new images as on ``train`` ones (no over-skipping), and
+    agents trained on ``val-agent`` (the 3,000 val images no shipped backbone was trained on)
+    or with ``augment=True`` were not better (results/agent-images/README.md).
+    ``split="val-agent"`` remains for training agents on images no backbone saw.
 
     ## Episode End
 
@@ -111,7 +120,10 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     once there:
 
     - ``split``: CIFAR-10 split to draw images from (``train``, ``val``, ``train-full``,
-      ``test``), read with :func:`skipenv.data.splits.load_cifar10` from ``data_root``.
+      ``test``, ``sample``, and ``val-agent`` / ``val-eval``: the 3,000 val images to train
+      agents on and the stratified 2,000 to compare them on, see
+      :func:`skipenv.data.splits.val_parts`), read with
+      :func:`skipenv.data.splits.load_cifar10` from ``data_root``.
     - ``depth``: ResNet depth; a checkpoint of another depth is a ``CheckpointError``.
     - ``checkpoint``: the backbone's base, sp, hrl or static checkpoint: the name of a shipped
       pretrained model (``skipenv.list_pretrained()``) or a file path.
@@ -131,6 +143,9 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
       one cell per block: green ran, dark grey skipped, light grey undecided) or ``"ansi"``
       (a one-line trace).
     - ``channels_last``: NHWC memory format for the backbone (default: on CPU only).
+    - ``augment``: randomly crop (4 pixels of zero padding) and horizontally flip each
+      episode's image, as the backbones were trained (default False); the ``rgb_array``
+      frame shows the augmented image.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": list(RENDER_MODES), "render_fps": 4}
@@ -163,7 +178,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
             index = self.episodes.check_indices([options["index"]])
         else:
             index = self.np_random.integers(len(self.data), size=1).astype(np.int64)
-        obs, info = self.episodes.start(index)
+        obs, info = self.episodes.start(index, self.np_random)
         self._started = True
         return row(obs), info_row(info)
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from skipenv.data.loader import normalize
+from skipenv.data.loader import augment, normalize
 from skipenv.data.splits import CifarSplit, load_cifar10
 from skipenv.envs.config import EnvConfig
 from skipenv.models.checkpoint import load_backbone
@@ -151,7 +151,7 @@ class Episodes:
         data: the images to route (uint8, normalised with CIFAR-10 statistics at start).
         device: where everything is computed.
         config: the environment options (validated); ``obs_mode``, ``reward``, ``alpha``,
-            ``lam`` and ``channels_last`` (default: on CPU only) are used here.
+            ``lam``, ``augment`` and ``channels_last`` (default: on CPU only) are used here.
     """
 
     def __init__(
@@ -160,6 +160,7 @@ class Episodes:
         self.config = config
         self.alpha, self.lam = float(config.alpha), float(config.lam)
         self.obs_mode, self.reward = config.obs_mode, config.reward
+        self.augment = config.augment
         obs_mode, channels_last = config.obs_mode, config.channels_last
         if backbone.num_decisions < 1:
             raise ValueError("the backbone needs at least two blocks (one decision)")
@@ -199,6 +200,7 @@ class Episodes:
         self.batch_size = 0
         self.next_block = 0
         self.indices = np.zeros(0, dtype=np.int64)  # B
+        self.shown: torch.Tensor | None = None  # B x 3 x H x W uint8, the augmented images
         self.executed = np.zeros((0, self.num_blocks), dtype=bool)  # B x N
         self.macs = np.zeros(0, dtype=np.int64)  # B
         self.prediction: np.ndarray | None = None  # B int64, after the last step
@@ -229,19 +231,35 @@ class Episodes:
         return array.astype(np.int64)
 
     def inputs(self, indices: np.ndarray) -> torch.Tensor:
-        """What the backbone sees of images ``indices`` (B int64): normalised float32,
-        B x 3 x H x W on the device in the episodes' memory format."""
+        """What the backbone sees of images ``indices`` (B int64) without augmentation:
+        normalised float32, B x 3 x H x W on the device in the episodes' memory format."""
         index_t = torch.from_numpy(np.asarray(indices, dtype=np.int64)).to(self.device)  # B
         return normalize(self.images.index_select(0, index_t), memory_format=self.memory_format)
 
     # -- one episode batch
 
-    def start(self, indices: np.ndarray) -> tuple[Obs, dict[str, np.ndarray]]:
-        """Begin B episodes on images ``indices`` (B int64, checked): stem and block 0 run."""
+    def start(
+        self, indices: np.ndarray, rng: np.random.Generator | None = None
+    ) -> tuple[Obs, dict[str, np.ndarray]]:
+        """Begin B episodes on images ``indices`` (B int64, checked): stem and block 0 run.
+
+        With ``augment``, each image is randomly cropped and flipped first
+        (:func:`skipenv.data.loader.augment`), drawn from a torch generator seeded by ``rng``
+        (the env's ``np_random``; required then), and :attr:`shown` holds the B images as
+        the backbone saw them (uint8).
+        """
+        if self.augment and rng is None:
+            raise ValueError("augment=True draws crops and flips from rng: pass the env's rng")
         index_t = torch.from_numpy(indices).to(self.device)  # B int64
         b = len(indices)
         with torch.inference_mode():
-            x = self.inputs(indices)  # B x 3 x H x W
+            if self.augment:
+                assert rng is not None
+                g = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+                self.shown = augment(self.images.index_select(0, index_t), g)  # B x 3 x H x W
+                x = normalize(self.shown, memory_format=self.memory_format)  # B x 3 x H x W
+            else:
+                x = self.inputs(indices)  # B x 3 x H x W
             self._route = self.backbone.start(x)  # B x 3 x H x W -> route at block 1
             self._labels_t = self.labels.index_select(0, index_t)  # B int64
             self.batch_size, self.next_block = b, 1

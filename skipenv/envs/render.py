@@ -147,7 +147,9 @@ def render_episode(episodes: Episodes, i: int, mode: str) -> np.ndarray | str:
     classes = episodes.data.classes
     prediction = None if episodes.prediction is None else classes[int(episodes.prediction[i])]
     if mode == "rgb_array":
-        image = episodes.data.images[index].cpu().numpy()  # 3 x H x W uint8
+        shown = episodes.shown if episodes.augment else None  # the augmented images, if any
+        picture = shown[i] if shown is not None else episodes.data.images[index]
+        image = picture.cpu().numpy()  # 3 x H x W uint8
         return rgb_frame(
             image,
             episodes.executed[i],

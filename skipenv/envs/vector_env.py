@@ -166,7 +166,7 @@ class SkipNetVectorEnv(EpisodeFacts, gym.vector.VectorEnv):
                 )
         else:
             indices = self._draw()
-        obs, info = self.episodes.start(indices)
+        obs, info = self.episodes.start(indices, self.np_random)
         self._steps, self._ended = 0, False
         return obs, with_masks(info, self.num_envs)
 
