@@ -89,6 +89,8 @@ class Args(RunArgs):
     error (ConvNet-AIG's target-rate loss); None: cross-entropy only (the paper's SP)"""
     target_weight: float = 2.0
     """weight of the target-rate loss, a mean over the blocks (ConvNet-AIG's code: 2)"""
+    eval_every: int = 0
+    """evaluate (and log) every this many steps; 0: at each epoch's end"""
 
 
 #: (epochs, backbone peak lr) of the two recipes
@@ -229,6 +231,7 @@ def main(args: Args) -> dict:
         state=state,
         restore=restore,
         train_mode=net.train,
+        eval_every=args.eval_every or None,
         what=f"train/supervised.py: SkipNet-{args.depth} SP, {args.gate} gate ({args.gate_mode}"
         + (f", Gumbel tau {args.gumbel_tau:g}" if args.gumbel_tau is not None else "")
         + (
