@@ -387,7 +387,8 @@ class GumbelGate(Gate):
     straight-through Gumbel), each hard decision is a sample of Bernoulli(p), so images that
     the gate cannot tell apart still take different routes in training, and the gradient flows
     through a noisy soft value; ``tau`` -> 0 makes p' a hard sample, a large ``tau`` flattens
-    it towards 0.5. Evaluation uses the gate without noise (greedy), as ConvNet-AIG does.
+    it towards 0.5. Evaluation here stays greedy (p > 0.5, no noise); ConvNet-AIG's released
+    code draws the noise at test time as well (``gumbelmodule.py``: hard samples in eval mode).
 
     Args:
         gate: the gate whose p(execute) is perturbed.
