@@ -371,3 +371,78 @@ class ExploringGate(Gate):
 
     def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
         return self.gate.macs(block, in_shape)
+
+
+# ---------------------------------------------------------------------------- Gumbel noise
+
+
+class GumbelGate(Gate):
+    """``gate`` with Gumbel-sigmoid noise in its relaxation: p' = sigmoid((logit p + L) / tau).
+
+    ConvNet-AIG's training relaxation (Veit & Belongie, "Convolutional Networks with Adaptive
+    Inference Graphs", ECCV 2018, sec. 3; their code: andreasveit/convnet-aig,
+    ``gumbelmodule.py``, temperature fixed at 1): the Gumbel-Max trick for a two-way choice,
+    where the difference of two Gumbel(0, 1) variables is a logistic one, L = log u - log(1 - u)
+    with u ~ U(0, 1). Used with the ``hard`` gate mode (execute iff p' > 0.5, gradient of p':
+    straight-through Gumbel), each hard decision is a sample of Bernoulli(p), so images that
+    the gate cannot tell apart still take different routes in training, and the gradient flows
+    through a noisy soft value; ``tau`` -> 0 makes p' a hard sample, a large ``tau`` flattens
+    it towards 0.5. Evaluation here stays greedy (p > 0.5, no noise); ConvNet-AIG's released
+    code draws the noise at test time as well (``gumbelmodule.py``: hard samples in eval mode).
+
+    Args:
+        gate: the gate whose p(execute) is perturbed.
+        tau: temperature, > 0 (ConvNet-AIG: 1).
+        generator: randomness of the noise (None: torch's global generator).
+
+    Raises:
+        ValueError: ``tau`` not > 0.
+    """
+
+    def __init__(self, gate: Gate, tau: float, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        if not tau > 0:
+            raise ValueError(f"the Gumbel temperature tau must be > 0, got {tau!r}")
+        self.gate, self.tau, self.generator = gate, float(tau), generator
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Any:
+        return self.gate.initial_state(batch_size, device)
+
+    def forward(self, h: torch.Tensor, block: int, state: Any) -> tuple[torch.Tensor, Any]:
+        p, state = self.gate(h, block, state)  # B
+        eps = 1e-6
+        logit = torch.logit(p.float(), eps=eps)  # B, the gate's logit (float32)
+        u = torch.rand(p.shape, generator=self.generator, device=p.device)  # B ~ U(0, 1)
+        u = u.clamp(eps, 1.0 - eps)
+        noise = u.log() - (1.0 - u).log()  # B ~ Logistic(0, 1) = Gumbel - Gumbel
+        return torch.sigmoid((logit + noise) / self.tau).to(p.dtype), state  # B
+
+    def macs(self, block: int, in_shape: tuple[int, int, int]) -> int:
+        return self.gate.macs(block, in_shape)
+
+
+def target_rate_loss(gates: torch.Tensor, target: float) -> torch.Tensor:
+    """ConvNet-AIG's target-rate loss: each gated block's execute rate pulled towards ``target``.
+
+    ``mean_k (mean_b gates[b, k] - target) ** 2``: the batch's mean gate value of each decision
+    (with ``hard`` gates the execute rate, differentiable straight-through), squared error to
+    the target, averaged over the K decisions. Veit & Belongie, ECCV 2018, sec. 3 (their
+    L_target) sum over the layers; their code (andreasveit/convnet-aig, ``train.py``) divides
+    the sum by the number of layers and weights it by 2 (``--lossfact``), which is this mean.
+
+    Args:
+        gates: B x K gate values (``GatedOutput.gates``).
+        target: the execute rate t each block is pulled to, in [0, 1].
+
+    Returns:
+        A scalar tensor (float32).
+
+    Raises:
+        ValueError: ``gates`` not B x K with K >= 1, or ``target`` outside [0, 1].
+    """
+    if gates.ndim != 2 or gates.shape[1] == 0:
+        raise ValueError(f"gates must be B x K with K >= 1, got shape {tuple(gates.shape)}")
+    if not 0.0 <= target <= 1.0:
+        raise ValueError(f"the target execute rate must be in [0, 1], got {target!r}")
+    rates = gates.float().mean(dim=0)  # K
+    return ((rates - target) ** 2).mean()

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from agents.gates import ExploringGate, build_gate
+from agents.gates import ExploringGate, GumbelGate, build_gate
 from agents.static import RouteGate
 from skipenv.models.checkpoint import (
     BACKBONE_KINDS,
@@ -50,13 +50,18 @@ class SkipNet(nn.Module):
         routing: Routing = "skip",
         generator: torch.Generator | None = None,
         explore: float = 0.0,
+        gumbel_tau: float | None = None,
     ) -> GatedOutput:
         """Gated forward: see :meth:`skipenv.models.resnet.SkipResNet.forward_gated`.
 
         ``explore`` > 0 mixes the gate with a fair coin (:class:`agents.gates.ExploringGate`);
-        the returned ``probs`` are then the mixture's.
+        the returned ``probs`` are then the mixture's. ``gumbel_tau`` adds Gumbel-sigmoid noise
+        at that temperature to the gate's relaxation (:class:`agents.gates.GumbelGate`, drawn
+        from ``generator``); the returned ``probs`` are then the noisy ones.
         """
         gate = ExploringGate(self.gate, explore) if explore > 0 else self.gate
+        if gumbel_tau is not None:
+            gate = GumbelGate(gate, gumbel_tau, generator)
         return self.backbone.forward_gated(x, gate, mode, routing, generator)
 
     def arch(self, dataset: str = "cifar10") -> dict[str, Any]:

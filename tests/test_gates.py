@@ -9,7 +9,17 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.gates import GATE_TYPES, ExploringGate, FFGateI, FFGateII, RNNGate, build_gate
+from agents.gates import (
+    GATE_TYPES,
+    ExploringGate,
+    FFGateI,
+    FFGateII,
+    GumbelGate,
+    RNNGate,
+    build_gate,
+    target_rate_loss,
+)
+from agents.skipnet import SkipNet
 from skipenv.models.gating import Gate
 from skipenv.models.resnet import SkipResNet
 
@@ -229,3 +239,82 @@ def test_exploring_gate_mixes_with_a_coin_and_keeps_greedy_decisions(
     assert 0.05 < float(skipped) < 0.2  # ~ 0.1 + 0.8 * 0.001 of the decisions skip
     with pytest.raises(ValueError, match="explore"):
         ExploringGate(gate, 1.0)
+
+
+def test_gumbel_noise_makes_hard_decisions_vary_per_image(tiny_model: SkipResNet) -> None:
+    """Straight-through Gumbel (ConvNet-AIG): on one image repeated, a noiseless gate takes one
+    route; with the noise each hard decision is a Bernoulli(p) sample, so routes differ."""
+    gate = RNNGate(tiny_model.block_channels, init_execute_prob=0.7)
+    net = SkipNet(tiny_model.eval(), gate)
+    x = torch.randn(1, 3, 32, 32).repeat(2000, 1, 1, 1)  # one image, 2000 times
+    plain = net(x, mode="hard", routing="masked")
+    assert plain.executed.unique(dim=0).shape[0] == 1  # no noise: one route
+    noisy = net(x, mode="hard", routing="masked", gumbel_tau=1.0)
+    assert noisy.executed.unique(dim=0).shape[0] > 10  # 2^5 routes possible
+    rate = noisy.executed[:, 1:].float().mean(dim=0)  # K: execute rate of each decision
+    torch.testing.assert_close(rate, torch.full_like(rate, 0.7), atol=0.05, rtol=0)
+    # straight-through: forward 0/1, gradient through the noisy relaxation
+    torch.testing.assert_close(noisy.gates, noisy.executed[:, 1:].float(), atol=1e-6, rtol=0)
+    noisy.gates.sum().backward()
+    assert gate.proj.bias.grad is not None and float(gate.proj.bias.grad.abs()) > 0
+    # the temperature: small tau -> noisy p' near 0/1, large tau -> near 0.5
+    with torch.no_grad():
+        cold = net(x[:200], mode="soft", routing="masked", gumbel_tau=0.05).probs
+        hot = net(x[:200], mode="soft", routing="masked", gumbel_tau=50.0).probs
+    assert float((cold - 0.5).abs().mean()) > 0.45 and float((hot - 0.5).abs().max()) < 0.1
+    # seeded by its generator
+    a = net(
+        x[:64],
+        mode="hard",
+        routing="masked",
+        gumbel_tau=1.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    b = net(
+        x[:64],
+        mode="hard",
+        routing="masked",
+        gumbel_tau=1.0,
+        generator=torch.Generator().manual_seed(3),
+    )
+    assert torch.equal(a.executed, b.executed)
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        GumbelGate(gate, 0.0)
+
+
+@pytest.mark.parametrize("noise", [None, 1.0])
+def test_target_rate_loss_pulls_every_block_to_the_target(
+    noise: float | None, tiny_model: SkipResNet
+) -> None:
+    """Minimising ConvNet-AIG's target-rate loss moves each block's execute rate from 0.9 to t
+    (soft gates without noise; hard straight-through gates with Gumbel noise)."""
+    torch.manual_seed(0)
+    gate = RNNGate(tiny_model.block_channels)  # p(execute) = 0.9 everywhere
+    net = SkipNet(tiny_model.eval().requires_grad_(False), gate)
+    x = torch.randn(64, 3, 32, 32)
+    mode = "soft" if noise is None else "hard"
+    opt = torch.optim.Adam(gate.parameters(), lr=0.05)
+    with torch.no_grad():
+        start = target_rate_loss(net(x, mode=mode, routing="masked").gates, 0.3)
+    # t = 0.3; every block at p = 0.9 (soft) or executed by every image (hard, no noise)
+    assert float(start) == pytest.approx(0.6**2 if noise is None else 0.7**2, abs=1e-4)
+    for _ in range(150):
+        out = net(x, mode=mode, routing="masked", gumbel_tau=noise)
+        loss = target_rate_loss(out.gates, 0.3)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        probs = net(x, mode="soft", routing="masked").probs  # B x K, no noise
+    rate = probs.mean(dim=0)  # K: expected execute rate of each decision
+    # every block moved from 0.9 to near t (the first, whose gate input has no LSTM history,
+    # moves slowest), and on average they sit at t
+    torch.testing.assert_close(rate, torch.full_like(rate, 0.3), atol=0.12, rtol=0)
+    assert float(rate.mean()) == pytest.approx(0.3, abs=0.04)
+    # the loss itself: mean over blocks of the squared gap of the batch mean
+    gates = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])  # B=2 x K=3
+    assert float(target_rate_loss(gates, 0.5)) == pytest.approx((0 + 0.25 + 0.25) / 3)
+    with pytest.raises(ValueError, match="target execute rate"):
+        target_rate_loss(gates, 1.5)
+    with pytest.raises(ValueError, match="B x K"):
+        target_rate_loss(gates[0], 0.5)

@@ -268,3 +268,39 @@ def test_gate_alone_on_a_frozen_backbone(
     assert after["config"]["reward"] == "accuracy" and after["config"]["freeze_backbone"]
     with pytest.raises(ValueError, match="--reward"):
         hybrid.main(hrl_args(data_root, tmp_path / "bad", sp_checkpoint, reward="correct"))
+
+
+def test_sp_gumbel_noise_and_target_rate(
+    data_root: Path, sp_checkpoint: Path, tmp_path: Path
+) -> None:
+    """ConvNet-AIG's options of SP (issue 12): off by default; a zero-weighted target-rate
+    term changes nothing; a weighted one with Gumbel noise lowers the execute rate; --init
+    takes a SkipNet checkpoint's backbone."""
+    supervised.main(sp_args(data_root, tmp_path / "paper"))
+    supervised.main(sp_args(data_root, tmp_path / "zero", target_rate=0.2, target_weight=0.0))
+    a = load_checkpoint(tmp_path / "paper" / "final.pt")
+    b = load_checkpoint(tmp_path / "zero" / "final.pt")
+    for part in ("model", "gate"):  # the default loss is the cross-entropy alone
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=key)
+    assert a["config"]["gumbel_tau"] is None and a["config"]["target_rate"] is None
+
+    def train_blocks(out: Path) -> float:
+        lines = (out / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["train_block_fraction"]
+
+    common = dict(init=str(sp_checkpoint), epochs=3, gate_lr=0.5)
+    supervised.main(sp_args(data_root, tmp_path / "init", **common))
+    supervised.main(
+        sp_args(
+            data_root, tmp_path / "aig", gumbel_tau=1.0, target_rate=0.0, target_weight=20.0,
+            **common,
+        )
+    )  # fmt: skip
+    assert train_blocks(tmp_path / "aig") < train_blocks(tmp_path / "init") - 0.1
+    c = load_checkpoint(tmp_path / "aig" / "final.pt", kinds=("sp",))
+    assert c["config"]["gumbel_tau"] == 1.0 and c["config"]["target_rate"] == 0.0
+    with pytest.raises(ValueError, match="--gumbel-tau must be > 0"):
+        supervised.main(sp_args(data_root, tmp_path / "e", gumbel_tau=0.0))
+    with pytest.raises(ValueError, match="--target-rate must be in"):
+        supervised.main(sp_args(data_root, tmp_path / "f", target_rate=1.5))

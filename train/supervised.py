@@ -11,6 +11,13 @@ formulation), with ``g`` from the gate in ``hard`` mode (forward: execute iff p 
 backward: the gradient of p, straight-through) or ``soft`` mode (g = p). Evaluation uses
 greedy gates and really skips.
 
+Per-image routing (issue 12), both off by default (the paper's SP): ``--gumbel-tau`` adds
+Gumbel-sigmoid noise to the gate's relaxation (with ``hard`` gates: straight-through Gumbel,
+each decision a Bernoulli(p) sample in training) and ``--target-rate`` adds a loss pulling each
+gated block's batch execute rate towards a target, both from ConvNet-AIG (Veit & Belongie,
+ECCV 2018, sec. 3; :class:`agents.gates.GumbelGate`, :func:`agents.gates.target_rate_loss`).
+Without a target rate, cross-entropy alone never asks a gate to skip.
+
 Recipe. The authors train SP from scratch for 64k iterations (SGD, lr 0.1 stepped, wd 1e-4,
 batch 128). On this project's 2-core CPU the default starts from a plain ResNet trained by
 train/base.py (``--init``) and fine-tunes for a few epochs on a one-cycle schedule, the
@@ -31,7 +38,7 @@ import torch.nn.functional as F
 import tyro
 from torch.nn.parallel import DistributedDataParallel
 
-from agents.gates import GATE_TYPES, build_gate
+from agents.gates import GATE_TYPES, build_gate, target_rate_loss
 from agents.skipnet import SkipNet
 from skipenv.models.checkpoint import CheckpointError, load_backbone
 from skipenv.models.pretrained import resolve_checkpoint
@@ -74,6 +81,16 @@ class Args(RunArgs):
     """SGD momentum (Nesterov)"""
     weight_decay: float = 5e-4
     """L2 weight decay of the backbone and the gate"""
+    gumbel_tau: float | None = None
+    """temperature of Gumbel-sigmoid noise in the gate relaxation (ConvNet-AIG: 1); None: no
+    noise (the paper's SP)"""
+    target_rate: float | None = None
+    """execute rate in [0, 1] that each gated block's batch mean is pulled to by a squared
+    error (ConvNet-AIG's target-rate loss); None: cross-entropy only (the paper's SP)"""
+    target_weight: float = 2.0
+    """weight of the target-rate loss, a mean over the blocks (ConvNet-AIG's code: 2)"""
+    eval_every: int = 0
+    """evaluate (and log) every this many steps; 0: at each epoch's end"""
 
 
 #: (epochs, backbone peak lr) of the two recipes
@@ -113,6 +130,12 @@ def main(args: Args) -> dict:
         raise ValueError(f"unknown --gate {args.gate!r}; choose one of {GATE_TYPES}")
     if args.gate_mode not in ("hard", "soft"):
         raise ValueError(f"--gate-mode must be hard or soft, got {args.gate_mode!r}")
+    if args.gumbel_tau is not None and not args.gumbel_tau > 0:
+        raise ValueError(f"--gumbel-tau must be > 0 (ConvNet-AIG: 1), got {args.gumbel_tau!r}")
+    if args.target_rate is not None and not 0.0 <= args.target_rate <= 1.0:
+        raise ValueError(f"--target-rate must be in [0, 1] (e.g. 0.6), got {args.target_rate!r}")
+    if args.target_weight < 0:
+        raise ValueError(f"--target-weight must be >= 0, got {args.target_weight!r}")
     # a name or a path, resolved before anything is made (no run folder on a bad --init)
     init = resolve_checkpoint(args.init) if args.init is not None and not args.resume else None
     dist = distributed.setup(args.device)
@@ -154,18 +177,24 @@ def main(args: Args) -> dict:
         pct_start=args.warmup_fraction,
     )
 
-    # one step: the masked formulation, gradients through the gate values
+    # one step: the masked formulation, gradients through the gate values (noisy ones with
+    # --gumbel-tau, drawn from torch's seeded global generator)
     def step(x: torch.Tensor, y: torch.Tensor, _: int) -> StepOutput:
         with autocast(device, args.amp):
-            out = net(x, mode=args.gate_mode, routing="masked")
-        loss = F.cross_entropy(out.logits.float(), y)
+            out = net(x, mode=args.gate_mode, routing="masked", gumbel_tau=args.gumbel_tau)
+        loss = ce = F.cross_entropy(out.logits.float(), y)
+        shown = {}
+        if args.target_rate is not None:
+            target = target_rate_loss(out.gates, args.target_rate)  # out.gates: B x K
+            loss = ce + args.target_weight * target
+            shown["tgt"] = f"{target.item():.4f}"
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
         flops = table.flops_fraction(out.executed)  # B
-        shown = {"flops": f"{float(flops.mean()):.3f}"}
-        return StepOutput(out.logits, loss.item(), out.executed, shown, out.probs, flops)
+        shown = {"flops": f"{float(flops.mean()):.3f}"} | shown
+        return StepOutput(out.logits, ce.item(), out.executed, shown, out.probs, flops)
 
     # checkpoint entries of this entry point
     def state() -> dict:
@@ -202,7 +231,15 @@ def main(args: Args) -> dict:
         state=state,
         restore=restore,
         train_mode=net.train,
-        what=f"train/supervised.py: SkipNet-{args.depth} SP, {args.gate} gate ({args.gate_mode}), "
+        eval_every=args.eval_every or None,
+        what=f"train/supervised.py: SkipNet-{args.depth} SP, {args.gate} gate ({args.gate_mode}"
+        + (f", Gumbel tau {args.gumbel_tau:g}" if args.gumbel_tau is not None else "")
+        + (
+            f", target rate {args.target_rate:g} x {args.target_weight:g}"
+            if args.target_rate is not None
+            else ""
+        )
+        + "), "
         + (
             f"from scratch, {args.epochs} epochs"
             if args.from_scratch
