@@ -4,14 +4,17 @@
 #   benchmarks/gpu_suite.sh [--device cpu|cuda] [--out DIR] [--quick]
 #
 # --device  cuda (default) or cpu.
-# --out     folder for the JSON, the logs and suite.json (default: results/suite-DEVICE).
-# --quick   small sizes, to check the script end to end in a few minutes on a CPU.
+# --out     folder for the JSON, the logs and suite.json (default: results/suite-DEVICE in the
+#           repository; a relative DIR is taken from the current folder).
+# --quick   small sizes, to check the script end to end in a few minutes on a CPU; its numbers
+#           are not representative (batches of 32-64 are dominated by per-call overhead).
 #
 # Cases: skipping.py (ResNet-38/110, float32; batch 1024 on cuda), the same under bf16 autocast
 # with folded batch norm (skipping-bf16.json), env_throughput.py (native env up to N = 4096 on
 # cuda, synthetic images so no data is needed), hrl_step.py (bf16; before/after, folded and
 # unfolded batch norm in one run, synthetic images) and data.py (channels_last; only where
-# CIFAR-10 is found: $SKIPNET_DATA). On cuda the full suite is meant to finish in under 10
+# CIFAR-10 is found, as the package finds it: $SKIPNET_DATA, else the per-user data folder;
+# otherwise suite.json records it as skipped). On cuda the full suite is meant to finish in under 10
 # minutes on one GPU (not run on one yet); skipping, HRL and data run channels_last, the env
 # its device default (NCHW on cuda), the bf16 cases under autocast (no torch.compile or CUDA
 # graphs: the skipping path's shapes change with every batch's routes). CPU runs use
@@ -40,6 +43,7 @@ if [[ "$device" != "cpu" && "$device" != "cuda" ]]; then
     exit 2
 fi
 root="$(cd "$(dirname "$0")/.." && pwd)"
+[[ -z "$out" || "$out" == /* ]] || out="$PWD/$out"  # relative to where the user stands
 cd "$root"
 out="${out:-results/suite-$device}"
 mkdir -p "$out"
@@ -83,7 +87,7 @@ run() {  # run NAME CMD...: log to $out/NAME.log, record status and wall time
     "$@" > "$out/$name.log" 2>&1
     status=$?
     end=$(date +%s.%N)
-    tail -n 25 "$out/$name.log"
+    cat "$out/$name.log"
     [[ $first == 1 ]] || echo "," >> "$manifest"
     first=0
     "$py" -c 'import json, sys; print(json.dumps({"name": sys.argv[1], "exit_status": int(sys.argv[2]), "wall_s": round(float(sys.argv[3]), 1), "command": sys.argv[4:]}))' \
@@ -100,10 +104,24 @@ run env_throughput "$py" benchmarks/env_throughput.py --device "$device" "${thre
     "${clock[@]}" --synthetic "${env[@]}" --json "$out/env_throughput.json"
 run hrl_step "$py" benchmarks/hrl_step.py --device "$device" "${threads[@]}" "${clock[@]}" \
     --synthetic "${amp[@]}" --baseline-impl "${hrl[@]}" --json "$out/hrl_step.json"
-if [[ -n "${SKIPNET_DATA:-}" && -d "${SKIPNET_DATA:-}" ]]; then
+# found as load_cifar10 finds it; prints the data root, exits 1 when CIFAR-10 is not there
+data_root=$("$py" -c '
+import sys
+from skipenv.data.sources import DataError, locate, resolve_data_root
+root = resolve_data_root(None)
+print(root)
+try:
+    locate(root, "train", "auto", download=False)
+except DataError:
+    sys.exit(1)')
+if [[ $? == 0 ]]; then
     run data "$py" benchmarks/data.py --device "$device" "${data[@]}" --json "$out/data.json"
 else
-    echo "== data: skipped (no CIFAR-10: set SKIPNET_DATA to the image folder)"
+    why="no CIFAR-10 under $data_root (set SKIPNET_DATA, or python -m skipenv.data --download)"
+    echo "== data: skipped ($why)"
+    [[ $first == 1 ]] || echo "," >> "$manifest"
+    "$py" -c 'import json, sys; print(json.dumps({"name": "data", "skipped": sys.argv[1]}))' \
+        "$why" >> "$manifest"
 fi
 echo "]" >> "$manifest"
 mv "$manifest" "$out/suite.json"
@@ -112,6 +130,9 @@ import json
 import sys
 
 for r in json.load(open(sys.argv[1])):
-    print(f"{r['name']:15s} status {r['exit_status']}  {r['wall_s']:7.1f} s")
+    if "skipped" in r:
+        print(f"{r['name']:15s} skipped: {r['skipped']}")
+    else:
+        print(f"{r['name']:15s} status {r['exit_status']}  {r['wall_s']:7.1f} s")
 PY
 echo "suite: $(( $(date +%s) - suite_start )) s, JSON in $out"

@@ -96,7 +96,10 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=1.0, help="HRL compute reward")
     parser.add_argument("--explore", type=float, default=0.2, help="as train/hybrid.py")
     parser.add_argument(
-        "--baseline", default="greedy", help="as train/hybrid.py (greedy adds a no-grad forward)"
+        "--baseline",
+        default="greedy",
+        help="as train/hybrid.py (greedy: self-critical; its route shares the sampled pass "
+        "until they differ)",
     )
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=11, help="timed rounds")

@@ -144,10 +144,15 @@ def print_table(rows: list[dict]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--depths", type=int, nargs="+", default=[38, 110])
-    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25])
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--depths", type=int, nargs="+", default=[38, 110],
+                        help="CIFAR ResNet depths (6n + 2), random weights")  # fmt: skip
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.75, 0.5, 0.25],
+                        help="target FLOPs fractions of the random routes timed")  # fmt: skip
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     parser.add_argument("--repeats", type=int, default=11, help="timed rounds")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument(
@@ -174,7 +179,14 @@ def main() -> None:
         default="wall",
         help="wall time, or this process's CPU time (CPU only; steadier on a shared machine)",
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights, images and routes")
+    parser.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="allowed time_ratio - flops_fraction of the skipping cases (default: issue 13's "
+        "target for the device: 0.05 on CPU, 0.10 on CUDA)",
+    )
     parser.add_argument("--json", type=Path, help="write the rows as JSON here")
     args = parser.parse_args()
 
@@ -205,11 +217,12 @@ def main() -> None:
             args.amp,
         )
     print_table(rows)
+    target = args.target if args.target is not None else (0.10 if device.type == "cuda" else 0.05)
     skip_ok = all(
-        r["time_ratio"] <= r["flops_fraction"] + 0.10 for r in rows if r["mode"] == "skip"
+        r["time_ratio"] <= r["flops_fraction"] + target for r in rows if r["mode"] == "skip"
     )
     mask_ok = all(r["time_ratio"] >= 1.0 for r in rows if r["mode"] == "masked")
-    print(f"\nskip: time_ratio <= flops_fraction + 0.10 everywhere: {skip_ok}")
+    print(f"\nskip: time_ratio <= flops_fraction + {target:.2f} everywhere: {skip_ok}")
     print(f"masked: time_ratio >= 1.0 everywhere: {mask_ok}")
     if args.json:
         write_json(args.json, rows)
