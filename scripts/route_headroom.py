@@ -44,7 +44,6 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -60,12 +59,13 @@ from skipenv.models.resnet import SkipResNet
 from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import parse_route
+from skipenv.training.runs import MeasureArgs
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
 
 
 @dataclass
-class Args:
+class Args(MeasureArgs):
     checkpoint: str
     """a shipped model's name or an sp/hrl/static checkpoint (base: give --route)"""
     alpha: float = 0.6
@@ -81,20 +81,6 @@ class Args:
     """cross-validation folds of the logistic regressions"""
     seed: int = 0
     """seeds the subset and the folds"""
-    data_dir: str | None = None
-    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda"""
-    threads: int | None = None
-    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
-    amp: str = "none"
-    """mixed precision of the forward passes: none, bf16 or fp16"""
-    batch_size: int = 500
-    """images per forward pass"""
-    json: Path | None = None
-    """also write the results to this JSON file"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def route_pass(

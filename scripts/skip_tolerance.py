@@ -28,7 +28,6 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import tyro
@@ -40,12 +39,13 @@ from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.resnet import SkipResNet
 from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.runs import MeasureArgs
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
 
 
 @dataclass
-class Args:
+class Args(MeasureArgs):
     checkpoint: str
     """a shipped model's name or a base/sp/hrl/static checkpoint (its backbone is used)"""
     split: str = "val"
@@ -58,20 +58,6 @@ class Args:
     """fractions of the K decidable blocks a random route runs; the oracle uses the first"""
     limit: int | None = None
     """use a stratified subset of this many images (every class in its share; default: all)"""
-    data_dir: str | None = None
-    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
-    device: str = "auto"
-    """auto (CUDA when present), cpu or cuda"""
-    threads: int | None = None
-    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
-    amp: str = "none"
-    """mixed precision of the forward passes: none or bf16 (CPU; about 3x faster) or fp16"""
-    batch_size: int = 500
-    """images per forward pass"""
-    json: Path | None = None
-    """also write the results to this JSON file"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 def random_decisions(

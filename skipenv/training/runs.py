@@ -98,6 +98,27 @@ def config_dict(args: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(args), default=str))
 
 
+@dataclass(kw_only=True)
+class MeasureArgs:
+    """The arguments the measuring scripts share (``scripts/skip_tolerance.py``,
+    ``scripts/route_headroom.py``; each adds its own)."""
+
+    data_dir: str | None = None
+    """CIFAR-10 data root (default: $SKIPNET_DATA, else the per-user cache folder)"""
+    device: str = "auto"
+    """auto (CUDA when present), cpu or cuda"""
+    threads: int | None = None
+    """torch CPU threads (default: all cores; lower it when another job shares the machine)"""
+    amp: str = "none"
+    """mixed precision of the forward passes: none or bf16 (CPU; about 3x faster) or fp16"""
+    batch_size: int = 500
+    """images per forward pass"""
+    json: Path | None = None
+    """also write the results to this JSON file"""
+    progress: bool = True
+    """show a progress bar"""
+
+
 @dataclass
 class RunArgs:
     """The arguments every training entry point shares (each adds its own after these)."""
