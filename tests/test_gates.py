@@ -263,20 +263,11 @@ def test_gumbel_noise_makes_hard_decisions_vary_per_image(tiny_model: SkipResNet
         hot = net(x[:200], mode="soft", routing="masked", gumbel_tau=50.0).probs
     assert float((cold - 0.5).abs().mean()) > 0.45 and float((hot - 0.5).abs().max()) < 0.1
     # seeded by its generator
-    a = net(
-        x[:64],
-        mode="hard",
-        routing="masked",
-        gumbel_tau=1.0,
-        generator=torch.Generator().manual_seed(3),
-    )
-    b = net(
-        x[:64],
-        mode="hard",
-        routing="masked",
-        gumbel_tau=1.0,
-        generator=torch.Generator().manual_seed(3),
-    )
+    def noisy(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        return net(x[:64], mode="hard", routing="masked", gumbel_tau=1.0, generator=g)
+
+    a, b = noisy(3), noisy(3)
     assert torch.equal(a.executed, b.executed)
     with pytest.raises(ValueError, match="tau must be > 0"):
         GumbelGate(gate, 0.0)
