@@ -27,9 +27,11 @@ def main() -> None:
     by = {r["agent"]: r for r in rows}
     static = {r["agent"]: r for r in rows if r["family"] == "StaticRoute (greedy)"}
     learned = [r for r in rows if r.get("env_steps") or r["agent"] == "GateAgent"]
-    print("| agent | env steps | accuracy % | FLOPs % | best static route at its FLOPs % | "
-          "minus static (points) | matched RandomSkip % | routes | top route % | "
-          "100k: accuracy % | 100k: FLOPs % |")
+    print(
+        "| agent | env steps | accuracy % | FLOPs % | best static route at its FLOPs % | "
+        "minus static (points) | matched RandomSkip % | routes | top route % | "
+        "100k: accuracy % | 100k: FLOPs % |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in sorted(learned, key=lambda r: -r["flops_fraction"]):
         name = r["agent"]
@@ -38,11 +40,15 @@ def main() -> None:
         o = old.get(name)
         steps = f"{r['env_steps']:,}" if r.get("env_steps") else "-"
         cells = [
-            name, steps, f"{100 * r['accuracy']:.2f}", f"{100 * r['flops_fraction']:.1f}",
+            name,
+            steps,
+            f"{100 * r['accuracy']:.2f}",
+            f"{100 * r['flops_fraction']:.1f}",
             "" if s is None else f"{100 * s['accuracy']:.2f}",
             "" if s is None else f"{100 * (r['accuracy'] - s['accuracy']):+.2f}",
             "" if rnd is None else f"{100 * rnd['accuracy']:.2f}",
-            str(r["routing"]["distinct_routes"]), f"{100 * r['routing']['top_route_share']:.1f}",
+            str(r["routing"]["distinct_routes"]),
+            f"{100 * r['routing']['top_route_share']:.1f}",
             "" if o is None else f"{100 * o['accuracy']:.2f}",
             "" if o is None else f"{100 * o['flops_fraction']:.1f}",
         ]
@@ -57,8 +63,10 @@ def main() -> None:
         m = re.match(r"(.+)-a([0-9.]+)$", f.parent.name)
         lines = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
         curves[(m.group(1), m.group(2))] = lines
-    print("\n| run | train accuracy % at ~100k | FLOPs % at ~100k | at 1M: accuracy % | FLOPs % | "
-          "last 100k mean: accuracy % | FLOPs % |")
+    print(
+        "\n| run | train accuracy % at ~100k | FLOPs % at ~100k | at 1M: accuracy % | FLOPs % | "
+        "last 100k mean: accuracy % | FLOPs % |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for (algo, alpha), lines in curves.items():
         at = min(lines, key=lambda x: abs(x["step"] - 100_000))
@@ -66,9 +74,11 @@ def main() -> None:
         tail = [x for x in lines if x["step"] > end["step"] - 100_000]
         acc = sum(x["accuracy"] for x in tail) / len(tail)
         fl = sum(x["flops_fraction"] for x in tail) / len(tail)
-        print(f"| {algo} a{alpha} | {100 * at['accuracy']:.1f} | {100 * at['flops_fraction']:.1f} | "
-              f"{100 * end['accuracy']:.1f} | {100 * end['flops_fraction']:.1f} | "
-              f"{100 * acc:.1f} | {100 * fl:.1f} |")
+        print(
+            f"| {algo} a{alpha} | {100 * at['accuracy']:.1f} | {100 * at['flops_fraction']:.1f} | "
+            f"{100 * end['accuracy']:.1f} | {100 * end['flops_fraction']:.1f} | "
+            f"{100 * acc:.1f} | {100 * fl:.1f} |"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
