@@ -100,7 +100,10 @@ def main() -> None:
     axes[0, 0].legend()
     for ax in axes.flat:
         ax.grid(alpha=0.3)
-    fig.suptitle("learning curves on skipnet38-hrl-a0.6 (train images, 640 episodes per point)")
+    fig.suptitle(
+        "learning curves on skipnet38-hrl-a0.6: training episodes on train images, "
+        "one point per ~10k env steps"
+    )
     fig.tight_layout()
     out = args.board.parent / "learning_curves.png"
     fig.savefig(out, dpi=110)
