@@ -56,7 +56,7 @@ from agents.skipnet import load_backbone_and_gate
 from agents.static import selection_batches
 from skipenv.data.splits import load_cifar10
 from skipenv.models.resnet import SkipResNet
-from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import parse_route
 from skipenv.training.runs import MeasureArgs
@@ -165,10 +165,7 @@ def main(args: Args) -> dict[str, Any]:
         raise SystemExit(
             "scripts/route_headroom.py needs scikit-learn: pip install -e '.[analysis]'"
         ) from err
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     if args.route is None and gate is None:
         raise ValueError(

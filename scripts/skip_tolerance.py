@@ -38,7 +38,7 @@ from agents.static import selection_batches
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.resnet import SkipResNet
-from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.runs import MeasureArgs
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
@@ -94,10 +94,7 @@ def main(args: Args) -> dict:
         raise ValueError(
             f"need --routes >= 1 and --fractions in (0, 1], got {args.routes}, {args.fractions}"
         )
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     payload, backbone, _ = load_backbone_and_gate(args.checkpoint, map_location=device)
     backbone = backbone.to(memory_format=torch.channels_last).eval()
     data = load_cifar10(args.split, args.data_dir, progress=args.progress)

@@ -43,7 +43,7 @@ from skipenv.data.splits import load_cifar10
 from skipenv.envs.config import EnvConfig
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.runs import RunDir, config_dict
 from skipenv.utils import atomic_write
 
@@ -125,11 +125,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         args.check()
         run = RunDir(args.out, args.resume)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        if device.type == "cpu":
-            tune_cpu_allocator()
+        device = prepare_device(args.device, args.threads)
         payload, backbone, _ = load_backbone_and_gate(args.checkpoint, device)
         train_data = load_cifar10(args.split, args.data_dir, progress=args.progress)
         eval_data = load_cifar10(args.eval_split, args.data_dir, progress=args.progress)

@@ -77,7 +77,7 @@ from skipenv.envs.config import EnvConfig
 from skipenv.envs.sb3 import SB3VecEnv
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError
-from skipenv.training.devices import resolve_device, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.utils import atomic_write
 
 HYPERPARAMS = Path(__file__).with_name("hyperparams") / "sb3.yml"
@@ -376,11 +376,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         f"--resume: {args.out} was trained with --{key.replace('_', '-')} "
                         f"{before!r}, not {getattr(args, key)!r}; pass the same value"
                     )
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        device = resolve_device(args.device)
-        if device.type == "cpu":
-            tune_cpu_allocator()
+        device = prepare_device(args.device, args.threads)
         payload, backbone, _ = load_backbone_and_gate(args.checkpoint, device)
         train_data = load_cifar10(args.split, args.data_dir, progress=args.progress)
         eval_data = load_cifar10(args.eval_split, args.data_dir, progress=args.progress)

@@ -97,3 +97,17 @@ def set_threads(threads: int | None = None) -> int:
         raise ValueError(f"--threads must be a whole number >= 1, got {threads!r}")
     torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def prepare_device(device: str | torch.device = "auto", threads: int | None = None) -> torch.device:
+    """What every entry point does first: :func:`set_threads`, :func:`resolve_device` and, on
+    CPU, :func:`tune_cpu_allocator`. Returns the device.
+
+    Raises:
+        ValueError: ``threads`` < 1 or an unknown ``device``.
+    """
+    set_threads(threads)
+    resolved = resolve_device(device)
+    if resolved.type == "cpu":
+        tune_cpu_allocator()
+    return resolved
