@@ -23,6 +23,22 @@ source scripts/lib/stage.sh
 
 stage "$R/base" base.py --depth 38 --epochs 200 --amp bf16 --drop-max 0.6 \
     --checkpoint-minutes 4 "${T[@]}"
+W=${WEIGHTS_DIR:-$R/weights}
+mkdir -p "$W"
+export_eval() {  # export_eval RUN NAME: weights-only export, then val evaluation with routing
+    local run=$1 name=$2
+    [[ -f $W/$name.pt ]] ||
+        "$PY" -m skipenv.models.pretrained export "$R/$run/final.pt" "$W/$name.pt" --name "$name"
+    [[ -f $W/$name.val.json ]] ||
+        "$PY" train/evaluate.py --checkpoint "$W/$name.pt" --split val --json "$W/$name.val.json" \
+            "${T[@]}"
+}
+# the base is shipped and measured before the slower stages start (issue 12 item 3: full-route
+# accuracy and random routes at 50% / 75% of the blocks)
+export_eval base resnet38-ld
+[[ -f $W/skip_tolerance-resnet38-ld.json ]] ||
+    "$PY" scripts/skip_tolerance.py --checkpoint "$W/resnet38-ld.pt" --split val --amp bf16 \
+        --json "$W/skip_tolerance-resnet38-ld.json" "${T[@]}"
 stage "$R/sp" supervised.py --init "$R/base/final.pt" --depth 38 --epochs 4 --amp bf16 "${T[@]}"
 # as for the shipped models (scripts/train_pretrained38.sh): start skipping at a high alpha,
 # then the operating points at lower alphas with a cosine decay
@@ -34,17 +50,6 @@ for A in $ALPHAS; do
         --schedule cosine --amp bf16 --eval-every 117 "${T[@]}"
 done
 
-W=${WEIGHTS_DIR:-$R/weights}
-mkdir -p "$W"
-export_eval() {  # export_eval RUN NAME: weights-only export, then val evaluation with routing
-    local run=$1 name=$2
-    [[ -f $W/$name.pt ]] ||
-        "$PY" -m skipenv.models.pretrained export "$R/$run/final.pt" "$W/$name.pt" --name "$name"
-    [[ -f $W/$name.val.json ]] ||
-        "$PY" train/evaluate.py --checkpoint "$W/$name.pt" --split val --json "$W/$name.val.json" \
-            "${T[@]}"
-}
-export_eval base resnet38-ld
 export_eval sp skipnet38-ld-sp
 for A in $ALPHAS; do
     export_eval "hrl-a$A" "skipnet38-ld-hrl-a$A"
@@ -59,6 +64,3 @@ for A in $ALPHAS; do
         "$PY" scripts/route_headroom.py --checkpoint "$W/skipnet38-ld-hrl-a$A.pt" --alpha "$A" \
             --split val --amp bf16 --json "$W/headroom-a$A.json" "${T[@]}"
 done
-[[ -f $W/skip_tolerance-resnet38-ld.json ]] ||
-    "$PY" scripts/skip_tolerance.py --checkpoint "$W/resnet38-ld.pt" --split val --amp bf16 \
-        --json "$W/skip_tolerance-resnet38-ld.json" "${T[@]}"
