@@ -139,9 +139,7 @@ def test_checkpoint_options_are_typed_str():
 
 
 def _run_args(cls, root: Path, out: Path, **kw):
-    return cls(
-        out=out, batch_size=30, data_dir=str(root), progress=False, epochs=1, **kw
-    )
+    return cls(out=out, batch_size=30, data_dir=str(root), progress=False, epochs=1, **kw)
 
 
 def test_supervised_init_and_hybrid_sp_take_shipped_names(shipped, data_root, tmp_path):

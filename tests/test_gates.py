@@ -262,6 +262,7 @@ def test_gumbel_noise_makes_hard_decisions_vary_per_image(tiny_model: SkipResNet
         cold = net(x[:200], mode="soft", routing="masked", gumbel_tau=0.05).probs
         hot = net(x[:200], mode="soft", routing="masked", gumbel_tau=50.0).probs
     assert float((cold - 0.5).abs().mean()) > 0.45 and float((hot - 0.5).abs().max()) < 0.1
+
     # seeded by its generator
     def noisy(seed: int):
         g = torch.Generator().manual_seed(seed)

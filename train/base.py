@@ -71,8 +71,10 @@ def main(args: Args) -> dict[str, float]:
         raise ValueError(f"--drop-max must be in [0, 1), got {args.drop_max}")
     dist = distributed.setup(args.device)
     if dist.enabled and args.drop_max > 0:
-        raise ValueError("--drop-max runs forward_skip, which DistributedDataParallel does not "
-                         "wrap; train with random block dropping in a single process")
+        raise ValueError(
+            "--drop-max runs forward_skip, which DistributedDataParallel does not "
+            "wrap; train with random block dropping in a single process"
+        )
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
     set_threads(args.threads)

@@ -205,4 +205,3 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
         if not self._started:
             raise ResetNeeded("nothing to render yet: call reset() first")
         return render_episode(self.episodes, 0, self.render_mode)
-
