@@ -8,9 +8,10 @@
 #   SKIPNET_DATA=/path/to/data bash scripts/train_skiptolerant38.sh [RUNS_DIR]
 #
 # A stage whose final.pt exists is skipped and an interrupted one resumes from its last.pt,
-# so the script can be rerun after a stop (the 200-epoch base is about 5.5 hours on a 2-core
-# CPU with --amp bf16; results/in-progress/base38-ld holds a partly trained one to copy into
-# RUNS_DIR/base first). THREADS (default: all cores) sets --threads of every stage.
+# so the script can be rerun after a stop (the 200-epoch base is about 5 hours on a 2-core
+# CPU with --amp bf16; it ships as resnet38-ld: to start from it, copy
+# skipenv/models/weights/resnet38-ld.pt to RUNS_DIR/base/final.pt).
+# THREADS (default: all cores) sets --threads of every stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=${1:-runs/skiptolerant38}

@@ -401,6 +401,7 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
 
 SHIPPED = (
     "resnet38",
+    "resnet38-ld",
     "skipnet38-sp",
     "skipnet38-hrl-a0.25",
     "skipnet38-hrl-a0.5",
