@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.utils import write_json
 
 
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     on_gpu = device.type == "cuda"
     train_steps = args.train_steps or (20 if on_gpu else 3)
     warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 2)

@@ -33,7 +33,7 @@ from agents.protocol import evaluate_on, evaluation_results, load_sb3
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.splits import load_cifar10
 from skipenv.envs.config import EnvConfig
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.routing import static_route_correct
 from skipenv.utils import write_json
 
@@ -216,10 +216,7 @@ def markdown(rows: list[dict[str, Any]], summary: list[dict[str, Any]]) -> str:
 
 
 def main(args: Args) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     started = time.monotonic()
     cache: dict[str, Any] = {}
     rows = [measure(args, Path(folder), device, cache) for folder in args.runs]

@@ -47,7 +47,7 @@ from agents.static import greedy_static_route, route_flops_fraction, selection_b
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import resolve_checkpoint
-from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.routing import static_route_correct
 from skipenv.training.summary import print_summary
 from skipenv.utils import import_script, write_json
@@ -247,10 +247,7 @@ def main(args: Args) -> dict[str, Any]:
         names = args.check()
     except ValueError as err:
         raise SystemExit(f"backbone_choice.py: error: {err}") from None
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     fractions = [str(f) for f in args.fractions]
     print_summary(

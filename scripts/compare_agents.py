@@ -105,7 +105,7 @@ from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.checkpoint import CheckpointError, load_checkpoint
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import SkipResNet
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.routing import format_routing_table, routing_stats, static_route_correct
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
@@ -435,10 +435,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"{args.manifest} names no backbone: pass --checkpoint")
         if args.plot is not None or args.out is not None:
             require_matplotlib()
-        device = resolve_device(args.device)
-        set_threads(args.threads)
-        if device.type == "cpu":
-            tune_cpu_allocator()
+        device = prepare_device(args.device, args.threads)
         payload, backbone, gate = load_backbone_and_gate(checkpoint, device)
         sb3 = load_sb3(args.sb3, args.sb3_algo, device) if args.sb3 is not None else None
         data = load_cifar10(args.split, args.data_dir, progress=args.progress)

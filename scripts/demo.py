@@ -34,7 +34,7 @@ from skipenv.envs.config import EnvConfig
 from skipenv.envs.render import BACKGROUND, EXECUTED, TEXT, rgb_frame
 from skipenv.envs.vector_env import SkipNetVectorEnv
 from skipenv.models.resnet import SkipResNet
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.summary import images, print_summary
 
 
@@ -125,10 +125,7 @@ def _t(array: np.ndarray) -> Any:
 
 
 def main(args: Args) -> dict[str, Any]:
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, device)
     if gate is None:
         raise SystemExit(

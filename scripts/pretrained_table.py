@@ -34,7 +34,7 @@ from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models import pretrained
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device, resolve_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import atomic_write
@@ -155,9 +155,7 @@ def measure(args: Args) -> list[dict[str, Any]]:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
-    set_threads(args.threads)
-    if resolve_device(args.device).type == "cpu":
-        tune_cpu_allocator()
+    prepare_device(args.device, args.threads)
     rows = measure(args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda f: f.write((json.dumps(rows, indent=2) + "\n").encode()))

@@ -29,7 +29,7 @@ from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import normalize
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
 
@@ -79,10 +79,7 @@ def main(args: Args) -> dict:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     backbone = backbone.to(memory_format=torch.channels_last).eval()
     data = load_cifar10(args.split, args.data_dir, progress=False)

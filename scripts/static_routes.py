@@ -33,7 +33,7 @@ from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import autocast, resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import write_json
@@ -66,10 +66,7 @@ class Args:
 
 
 def main(args: Args) -> dict:
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     models = args.models or [m for m in list_pretrained() if pretrained_info(m)["kind"] == "hrl"]
     budgets = {m: float(pretrained_info(m)["flops_fraction"]) for m in models}
     data = load_cifar10(args.split, args.data_dir, progress=args.progress)

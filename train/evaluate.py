@@ -34,7 +34,7 @@ from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import resolve_device, set_threads, tune_cpu_allocator
+from skipenv.training.devices import prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.routing import RoutingStats
 from skipenv.training.summary import images, print_summary
@@ -86,10 +86,7 @@ def card_match(checkpoint: str, split: str, results: dict) -> bool | None:
 
 
 def main(args: Args) -> dict:
-    device = resolve_device(args.device)
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    device = prepare_device(args.device, args.threads)
     payload, backbone, gate = load_backbone_and_gate(args.checkpoint, map_location=device)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     backbone = backbone.to(memory_format=fmt)

@@ -47,7 +47,7 @@ from skipenv.models.checkpoint import (
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import SkipResNet
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.routing import parse_route, route_decisions, route_string
@@ -117,9 +117,7 @@ def main(args: Args) -> dict:
         )
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    prepare_device(device, args.threads)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(args.seed)
     run = RunDir(args.out, args.resume)

@@ -44,7 +44,7 @@ from skipenv.models.checkpoint import CheckpointError, load_backbone
 from skipenv.models.pretrained import resolve_checkpoint
 from skipenv.models.resnet import build_resnet
 from skipenv.training import distributed
-from skipenv.training.devices import autocast, set_threads, tune_cpu_allocator
+from skipenv.training.devices import autocast, prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.loop import StepOutput, train
 from skipenv.training.runs import RunArgs, RunDir, cifar_loaders, config_dict
@@ -141,9 +141,7 @@ def main(args: Args) -> dict:
     dist = distributed.setup(args.device)
     device = dist.device
     autocast(device, args.amp)  # reject a bad --amp before any work
-    set_threads(args.threads)
-    if device.type == "cpu":
-        tune_cpu_allocator()
+    prepare_device(device, args.threads)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(args.seed)
     run = RunDir(args.out, args.resume, writer=dist.is_main)
