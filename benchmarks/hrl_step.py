@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--checkpoint",
-        default="skipnet38-hrl-a1",
+        default="skipnet38-ld-hrl-a1",
         help="an sp or hrl checkpoint: a path or a shipped name (default: the fewest FLOPs)",
     )
     parser.add_argument("--alpha", type=float, default=1.0, help="HRL compute reward")

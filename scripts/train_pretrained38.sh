@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The recipe of the shipped ResNet-38 / SkipNet-38 weights (skipenv/models/weights/MODEL_CARD.md),
+# The recipe of the first line of ResNet-38 / SkipNet-38 weights (skipenv/models/weights/MODEL_CARD.md:
+# resnet38 and skipnet38-hrl-a0.6 ship; the other points are retired to results/pretrained38/retired/),
 # stage by stage: plain network, SP, HRL at a high alpha until it skips, then operating
 # points from there at lower alphas (with a cosine learning-rate decay, so the network
 # adapts to its routes), then weights-only exports and their val evaluations.

@@ -402,12 +402,12 @@ def test_evaluate_accepts_a_shipped_name(shipped: Path, trained: dict, tmp_path,
 SHIPPED = (
     "resnet38",
     "resnet38-ld",
-    "skipnet38-sp",
-    "skipnet38-hrl-a0.25",
-    "skipnet38-hrl-a0.5",
+    "skipnet38-ld-sp",
+    "skipnet38-ld-hrl-a0.25",
     "skipnet38-hrl-a0.6",
-    "skipnet38-hrl-a0.75",
-    "skipnet38-hrl-a1",
+    "skipnet38-ld-hrl-a0.5",
+    "skipnet38-ld-hrl-a0.75",
+    "skipnet38-ld-hrl-a1",
 )
 DEFAULT = "skipnet38-hrl-a0.6"  # the env's default backbone
 
@@ -463,8 +463,8 @@ def test_env_default_is_the_shipped_hrl_backbone(real_registry: Path) -> None:
     obs, _ = env.reset(seed=0)
     assert env.observation_space.contains(obs)
     env.close()
-    lean = SkipNetEnv(checkpoint="skipnet38-hrl-a1", data=synthetic_split(10), device="cpu")
-    assert_same_weights(lean.backbone, load_skipnet("skipnet38-hrl-a1").backbone)
+    lean = SkipNetEnv(checkpoint="skipnet38-ld-hrl-a1", data=synthetic_split(10), device="cpu")
+    assert_same_weights(lean.backbone, load_skipnet("skipnet38-ld-hrl-a1").backbone)
 
 
 def test_env_default_without_images_says_how_to_get_them(real_registry: Path, tmp_path) -> None:

@@ -69,7 +69,7 @@ class Args(RunArgs):
     out: Path = Path("runs/hrl")
     """folder for checkpoints (last.pt, final.pt) and metrics.jsonl (and sp/ when SP runs first)"""
     sp: str | None = None
-    """SP checkpoint to start from: a path or a shipped model's name (e.g. skipnet38-sp); None
+    """SP checkpoint to start from: a path or a shipped model's name (e.g. skipnet38-ld-sp); None
     runs SP first (with --pretrain.*) into OUT/sp"""
     alpha: float = 3.0
     """compute reward: alpha / K per skipped block; larger skips more (the paper's 0.1, 0.01,

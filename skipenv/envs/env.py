@@ -112,7 +112,7 @@ class SkipNetEnv(EpisodeFacts, gym.Env):
     import skipenv  # registers SkipNet-CIFAR10-v0 (or make "skipenv:SkipNet-CIFAR10-v0")
 
     env = gym.make("SkipNet-CIFAR10-v0", checkpoint="runs/base38/final.pt")
-    env = gym.make("SkipNet-CIFAR10-v0", checkpoint="skipnet38-hrl-a1")  # a shipped model
+    env = gym.make("SkipNet-CIFAR10-v0", checkpoint="skipnet38-ld-hrl-a1")  # a shipped model
     ```
 
     Options, as keywords (what ``gym.make`` passes on) or as an

@@ -255,10 +255,10 @@ def resolve_checkpoint(name_or_path: str | os.PathLike[str]) -> Path:
     """A checkpoint file from a shipped model's name or a path: the one rule every command-line
     option and function that takes a checkpoint follows.
 
-    A value that is a registered name (``skipnet38-hrl-a1``; a ``str`` or a ``Path``, with no
+    A value that is a registered name (``skipnet38-ld-hrl-a1``; a ``str`` or a ``Path``, with no
     folder part) gives its shipped file; anything else must be an existing file (``~`` is
     expanded). To use a local file that happens to carry a shipped name, give it a folder
-    (``./skipnet38-sp``).
+    (``./skipnet38-ld-sp``).
 
     Raises:
         CheckpointError: neither; the message lists the shipped names (never the refused value,
