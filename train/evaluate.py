@@ -32,6 +32,7 @@ import tyro
 from agents.skipnet import load_backbone_and_gate
 from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
+from skipenv.models import pretrained
 from skipenv.models.checkpoint import CheckpointError
 from skipenv.models.pretrained import list_pretrained, pretrained_info
 from skipenv.training.devices import prepare_device
@@ -125,7 +126,7 @@ def main(args: Args) -> dict:
     results["card_match"] = card_match(str(args.checkpoint), args.split, results)
     if results["card_match"] is not None:
         verdict = "reproduced" if results["card_match"] else "NOT reproduced"
-        print(f"model card (skipenv/models/weights/registry.json) numbers: {verdict}")
+        print(f"model card ({pretrained.weights_dir() / pretrained.REGISTRY}) numbers: {verdict}")
     if args.json is not None:
         write_json(args.json, results)
     return results

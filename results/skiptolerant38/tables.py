@@ -100,7 +100,8 @@ def main() -> None:
 
     print("\nPer-image headroom on each HRL point's top route (`scripts/route_headroom.py`):")
     print("per decision, the share of images better off with it flipped, and how well the")
-    print("gate's input predicts which (cross-validated AUC; from the final prediction: late)\n")
+    print("gate's input predicts which (cross-validated AUC; from the final prediction: late);")
+    print("bf16 forward passes, so a route's share can differ by 0.1 from the float32 table\n")
     print("| alpha | route | share | decisions | images better flipped % | AUC gate | AUC late |")
     print("| ---: | --- | ---: | ---: | --- | --- | --- |")
     for a in alphas:
