@@ -85,6 +85,9 @@ def test_trains_resumes_and_evaluates(algo: str, setup: tuple[Path, Path], tmp_p
     # the saved agent loads as compare_agents loads it, with its observation statistics
     agent = load_sb3(out / "final.zip", algo, torch.device("cpu"))
     assert agent.normalizer is not None and agent.model.num_timesteps == again["env_steps"]
+    # final.zip leaves the optimizer's moments out (last.zip, for --resume, keeps them)
+    assert not agent.model.policy.optimizer.state
+    assert load_sb3(out / "last.zip", algo, torch.device("cpu")).model.policy.optimizer.state
 
 
 def test_refuses_bad_input(setup: tuple[Path, Path], tmp_path: Path) -> None:

@@ -21,8 +21,8 @@ Written to ``--out``:
 - ``last.zip`` every ``--checkpoint-minutes`` and at the end, with ``last.vecnormalize.pkl``
   (the observation statistics) and, for DQN, ``last.replay.pkl`` (the replay buffer), each
   written atomically, the zip last; ``--resume`` loads them and continues the step count;
-- ``final.zip`` (+ ``final.vecnormalize.pkl``): the trained agent
-  (``scripts/compare_agents.py --sb3 OUT/final.zip``);
+- ``final.zip`` (+ ``final.vecnormalize.pkl``): the trained agent, without the optimizer's
+  state (``scripts/compare_agents.py --sb3 OUT/final.zip``);
 - ``metrics.jsonl``: one line per ``--log-every`` env steps: ``step`` (env steps), ``wall_s``,
   and over the training episodes that ended since the last line ``accuracy``,
   ``flops_fraction``, ``block_fraction``, ``return``;
@@ -47,6 +47,7 @@ import json
 import pickle
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,9 +221,15 @@ def normalizer_of(venv: Any) -> VecNormalize | None:
 # ---------------------------------------------------------------------------- files
 
 
-def save_agent(model: BaseAlgorithm, out: Path, name: str, replay: bool) -> Path:
+def save_agent(
+    model: BaseAlgorithm, out: Path, name: str, replay: bool, optimizer_state: bool = True
+) -> Path:
     """``OUT/NAME.zip`` (+ ``NAME.vecnormalize.pkl``, + ``NAME.replay.pkl`` when ``replay``),
-    each atomically, the zip last: a zip on disk always has its companions."""
+    each atomically, the zip last: a zip on disk always has its companions.
+
+    ``optimizer_state=False`` leaves the optimizer's per-parameter state (Adam's moments, twice
+    the policy's size) out of the zip, for an agent that is only evaluated (``final.zip``;
+    ``--resume`` reads ``last.zip``); the zip still loads with SB3's ``load``."""
     norm = normalizer_of(model.get_env())
     if norm is not None:
         data = pickle.dumps(norm)  # VecNormalize pickles without its env
@@ -232,7 +239,14 @@ def save_agent(model: BaseAlgorithm, out: Path, name: str, replay: bool) -> Path
         model.save_replay_buffer(buf)
         atomic_write(out / f"{name}.replay.pkl", lambda f: f.write(buf.getvalue()))
     buf = io.BytesIO()
-    model.save(buf)
+    optimizer = model.policy.optimizer
+    kept = optimizer.state
+    if not optimizer_state:
+        optimizer.state = defaultdict(dict)  # param_groups stay: load() matches them exactly
+    try:
+        model.save(buf)
+    finally:
+        optimizer.state = kept
     return atomic_write(out / f"{name}.zip", lambda f: f.write(buf.getvalue()))
 
 
@@ -468,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.learn(remaining, callback=callback, reset_num_timesteps=False, progress_bar=False)
         callback.save()
         this_run_s = callback.wall_s() - wall_s  # training only, this process
-    save_agent(model, args.out, "final", replay=False)
+    save_agent(model, args.out, "final", replay=False, optimizer_state=False)
 
     # the final agent, deterministic, on the eval split
     norm = normalizer_of(model.get_env())
