@@ -34,7 +34,7 @@ from skipenv.data.loader import BatchLoader
 from skipenv.data.splits import load_cifar10
 from skipenv.models import pretrained
 from skipenv.models.pretrained import list_pretrained, pretrained_info
-from skipenv.training.devices import prepare_device, resolve_device
+from skipenv.training.devices import prepare_device
 from skipenv.training.evaluation import evaluate_gated
 from skipenv.training.summary import images, print_summary
 from skipenv.utils import atomic_write
@@ -112,8 +112,7 @@ def table_between_markers(text: str) -> str:
     return text.split(BEGIN)[1].split(END)[0].strip()
 
 
-def measure(args: Args) -> list[dict[str, Any]]:
-    device = resolve_device(args.device)
+def measure(args: Args, device: torch.device) -> list[dict[str, Any]]:
     data = load_cifar10(args.split, args.data_dir, progress=args.progress)
     loader = BatchLoader(data, batch_size=args.batch_size, device=device, channels_last=True)
     names = list_pretrained()
@@ -155,8 +154,7 @@ def measure(args: Args) -> list[dict[str, Any]]:
 
 
 def main(args: Args) -> list[dict[str, Any]]:
-    prepare_device(args.device, args.threads)
-    rows = measure(args)
+    rows = measure(args, prepare_device(args.device, args.threads))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.json, lambda f: f.write((json.dumps(rows, indent=2) + "\n").encode()))
     json.loads(args.json.read_text())  # read back

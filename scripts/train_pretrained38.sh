@@ -27,7 +27,8 @@ stage "$R/sp" supervised.py --init "$R/base/final.pt" --depth 38 --epochs 4 --am
 # routes and let blocks that pay for themselves come back:
 stage "$R/hrl-a3" hybrid.py --sp "$R/sp/final.pt" --alpha 3 --epochs 2 --amp bf16 \
     --eval-every 117
-# the operating points (only a0.6 ships now; the others are retired): 4 epochs at alpha A from there, learning rates cosine-decayed
+# the operating points (only a0.6 ships now; the others are retired): 4 epochs at alpha A
+# from there, learning rates cosine-decayed
 for A in 0.25 0.5 0.75 1; do
     stage "$R/hrl-a$A" hybrid.py --sp "$R/hrl-a3/final.pt" --alpha "$A" --epochs 4 \
         --schedule cosine --amp bf16
